@@ -1,0 +1,1 @@
+"""Fixtures for the real control plane (etcd, kube-apiserver, ...). Filled in by the control-plane work."""

@@ -1,0 +1,1 @@
+"""Fixtures for a real S3 HTTP server on loopback (moto's server mode). Filled in by the storage work."""
