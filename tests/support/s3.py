@@ -55,3 +55,46 @@ def s3_bucket(s3_store: Store, request: pytest.FixtureRequest) -> str:
     name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:63]
     ensure_bucket(s3_store, name)
     return name
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server() -> Iterator[str]:
+    """A second, separate moto server (its own process) that checks credentials; yields its URL.
+
+    moto only authenticates requests when INITIAL_NO_AUTH_ACTION_COUNT is set in the server's
+    process, so this one runs as ``moto_server`` in a subprocess: any access key it never issued
+    gets a real InvalidAccessKeyId / 403 from its S3 API.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("moto_server")
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on {url}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -446,7 +446,7 @@ class Store:
             }:
                 return StorageError(
                     f"S3 at {self._where()} rejected the credentials for bucket {bucket!r} "
-                    f"({uri}): {code}: {msg}. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                    f"({uri}): {code}: {msg.rstrip('.')}. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                     "(spec.storage.credentialsSecret) and that they may access this bucket"
                 )
             if code in {"NoSuchKey", "404", "NotFound"}:
