@@ -1,0 +1,170 @@
+"""Kopf registrations: observe, call the pure reconcile, apply. Nothing else.
+
+Why it exists: handlers are the only place where Kopf meets the operator's logic, and they stay
+thin so that the decisions remain testable without a cluster. Two triggers drive the same
+level-based reconcile: every watch event of a FineTuneJob (create, spec change, the trainer's
+status reports, resume after an operator restart) and a timer (deadlines, backoff, changes of the
+children, which are not watched). A per-object lock keeps the two from running one object at once.
+
+Failure handling: transient API errors are retried with backoff (``kopf.TemporaryError`` from the
+timer); a child the API server rejects marks the job Failed (InvalidSpec) instead of looping; any
+other exception is logged, counted and reported as an Event, and never escapes to stop others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from finetune_operator.api import GROUP, PLURAL, VERSION
+from finetune_operator.kube import InvalidChildError, Kube, TransientApiError
+from finetune_operator.metrics import metrics
+from finetune_operator.reconcile import Decision, Event, Observed, fail, reconcile
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.status import parse_time
+
+__all__ = ["Reconciler", "register"]
+
+log = logging.getLogger("finetune_operator")
+
+
+class Reconciler:
+    """One reconcile of one object: observe → decide → status patch → actions → events."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, uid: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self._locks.pop(uid, None)
+        metrics.forget(uid)
+
+    def run(self, body: Mapping[str, Any], *, retry: bool) -> None:
+        """Reconcile once; with ``retry``, transient failures raise kopf.TemporaryError."""
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        lock = self._lock(uid)
+        if not lock.acquire(blocking=False):
+            return  # a reconcile of this object is running; the timer re-checks soon
+        started = time.monotonic()
+        try:
+            self._run(body)
+        except TransientApiError as exc:
+            metrics.reconcile_errors.inc()
+            log.warning("%s/%s: %s (retrying)", meta.get("namespace"), meta.get("name"), exc)
+            if retry:
+                raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+        except Exception as exc:
+            metrics.reconcile_errors.inc()
+            log.exception("%s/%s: reconcile failed", meta.get("namespace"), meta.get("name"))
+            self._best_effort_event(body, Event("Warning", "ReconcileError", f"{exc}"[:900]))
+            if retry:
+                raise kopf.TemporaryError(str(exc), delay=self.settings.timer_interval) from exc
+        finally:
+            metrics.reconcile_duration.observe(time.monotonic() - started)
+            lock.release()
+
+    def _run(self, body: Mapping[str, Any]) -> None:
+        now = datetime.now(timezone.utc)
+        obs = self.kube.observe(body, now)
+        if obs is None:
+            self.forget(str((body.get("metadata") or {}).get("uid", "")))
+            return
+        decision = reconcile(obs, self.settings.reconcile)
+        try:
+            self._apply(obs, decision)
+        except InvalidChildError as exc:
+            decision = fail(
+                obs,
+                "InvalidSpec",
+                f"the API server rejected a child built from the spec: {exc} — fix the "
+                "manifest and re-create the FineTuneJob",
+                self.settings.reconcile,
+            )
+            self._apply(obs, decision)
+
+    def _apply(self, obs: Observed, decision: Decision) -> None:
+        # Status first: a crash after this point is repaired by the next reconcile, which sees
+        # the new status (e.g. attempts) and re-derives the same actions.
+        if decision.status_patch:
+            self.kube.patch_status(obs.body, decision.status_patch)
+        for action in decision.actions:
+            self.kube.apply(obs.body, action)
+        for event in decision.events:
+            self._best_effort_event(obs.body, event, obs.now)
+        self._record(obs, decision)
+
+    def _record(self, obs: Observed, decision: Decision) -> None:
+        meta = obs.body.get("metadata") or {}
+        uid, ns = str(meta.get("uid", "")), str(meta.get("namespace", ""))
+        if not decision.phase:
+            return
+        metrics.set_phase(uid, ns, decision.phase)
+        if decision.previous_phase != decision.phase:
+            metrics.phase_transitions.labels(to=decision.phase).inc()
+            attempts = (obs.body.get("status") or {}).get("attempts") or 1
+            created = parse_time(meta.get("creationTimestamp"))
+            if decision.phase == "Training" and attempts == 1 and created is not None:
+                metrics.time_to_training.observe(max(0.0, (obs.now - created).total_seconds()))
+
+    def _best_effort_event(
+        self, body: Mapping[str, Any], event: Event, now: datetime | None = None
+    ) -> None:
+        try:
+            self.kube.post_event(body, event, now or datetime.now(timezone.utc))
+        except Exception as exc:  # an Event is a courtesy; never fail the reconcile for one
+            log.warning("could not post event %s: %s", event.reason, exc)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube) -> Reconciler:
+    """Register the handlers into ``registry``; returns the reconciler they share."""
+    rec = Reconciler(kube, settings)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Kopf's bookkeeping goes to annotations: the status schema has no room for it.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="kopf.finetune.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kopf.finetune.dev", key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = "finetune.dev/kopf-finalizer"
+        settings.posting.level = logging.WARNING  # our own Events tell the story
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        settings.execution.max_workers = 16
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            rec.forget(str(body.get("metadata", {}).get("uid", "")))
+            return
+        rec.run(body, retry=False)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        interval=settings.timer_interval,
+        backoff=settings.timer_interval,
+    )
+    def on_timer(body: kopf.Body, **_: Any) -> None:
+        rec.run(body, retry=True)
+
+    return rec
