@@ -129,7 +129,9 @@ class TrainerConfig:
                 metrics_port=rep.get("metricsPort"),
                 min_interval_seconds=float(rep.get("minIntervalSeconds", 10.0)),
             ),
-            spec=FineTuneJobSpec.model_validate(doc["spec"]),
+            # The local rules (paths besides s3://): the launcher already applied its own rules
+            # (the CRD/operator: S3 only; `finetune run`: local paths allowed).
+            spec=FineTuneJobSpec.model_validate(doc["spec"], context={"local": True}),
         )
 
     @classmethod
