@@ -11,7 +11,7 @@ Canonical records (what the tokenizing code in ``data.py`` receives):
   completion      {"prompt": str, "completion": str}
   instruction     {"instruction": str, "input": str, "output": str}
   chat            {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}]}
-  classification  {"text": str, "label": str}
+  classification  {"text": str, "text_pair": str | None, "label": str}
   ner             {"tokens": [str], "tags": [str]}
 """
 
@@ -21,6 +21,8 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from finetune_operator.api import FORMAT_COLUMNS, TASK_FORMATS
 
 __all__ = [
     "ALPACA_PROMPT",
@@ -34,22 +36,11 @@ __all__ = [
     "normalize",
 ]
 
-# Expected columns per format (the keys of spec.datasets[i].columns).
-FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "completion": ("prompt", "completion"),
-    "instruction": ("instruction", "input", "output"),
-    "chat": ("messages",),
-    "classification": ("text", "label"),
-    "ner": ("tokens", "tags"),
-}
-OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"instruction": ("input",)}
-
-# Which formats each task accepts.
-TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "causal-lm": ("text", "completion", "instruction", "chat"),
-    "sequence-classification": ("classification",),
-    "token-classification": ("ner",),
+# Expected columns per format (the keys of spec.datasets[i].columns) and which formats each task
+# accepts: the API's tables, so the spec and the data check can never disagree.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "instruction": ("input",),
+    "classification": ("text_pair",),
 }
 
 # The Stanford Alpaca prompt (the response follows it; loss only on the response).
@@ -122,7 +113,8 @@ class _RowCheck:
     def missing(self, field: str) -> None:
         col = self.column(field)
         have = ", ".join(list(self.record)[:8]) or "no fields"
-        needs = " and ".join(FORMAT_COLUMNS[self.fmt])
+        optional = OPTIONAL_COLUMNS.get(self.fmt, ())
+        needs = " and ".join(c for c in FORMAT_COLUMNS[self.fmt] if c not in optional)
         if col != field:
             hint = f"(mapped from {field} by {self.ds}.columns)"
         else:
@@ -270,6 +262,7 @@ def _chat(c: _RowCheck) -> dict[str, Any]:
 
 def _classification(c: _RowCheck) -> dict[str, Any]:
     text = c.string("text")
+    pair = c.string("text_pair", required=False) or None
     col = c.column("label")
     value = c.record.get(col)
     label = ""
@@ -290,7 +283,7 @@ def _classification(c: _RowCheck) -> dict[str, Any]:
             c.problems.append(f'label missing: field "{col}" is empty')
     else:
         c.problems.append(f'field "{col}" must be a string or an integer, got {_type_name(value)}')
-    return {"text": text, "label": label}
+    return {"text": text, "text_pair": pair, "label": label}
 
 
 def _ner(c: _RowCheck) -> dict[str, Any]:

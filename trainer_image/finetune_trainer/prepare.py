@@ -179,7 +179,11 @@ def _classification(
         if not rows:
             return None
         feats = encode_classification(
-            tokenizer, [r["text"] for r in rows], [index[r["label"]] for r in rows], max_len
+            tokenizer,
+            [r["text"] for r in rows],
+            [index[r["label"]] for r in rows],
+            max_len,
+            pairs=[r.get("text_pair") for r in rows],
         )
         import datasets
 

@@ -233,10 +233,22 @@ def pack_rows(rows: Sequence[Encoded], block: int) -> list[dict[str, list[int]]]
 
 
 def encode_classification(
-    tokenizer: Any, texts: list[str], labels: list[int], max_length: int
+    tokenizer: Any,
+    texts: list[str],
+    labels: list[int],
+    max_length: int,
+    pairs: list[str | None] | None = None,
 ) -> dict[str, list[Any]]:
-    """Batch-tokenize classification rows (truncated to ``max_length``)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    """Batch-tokenize classification rows (truncated to ``max_length``).
+
+    With ``pairs`` (the optional text_pair column) rows are encoded as sentence pairs; a row
+    without a pair then gets an empty second text.
+    """
+    if pairs is not None and any(p is not None for p in pairs):
+        second = [p or "" for p in pairs]
+        enc = tokenizer(texts, second, truncation=True, max_length=max_length)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
     out: dict[str, list[Any]] = {k: list(v) for k, v in enc.items()}
     out["labels"] = list(labels)
     return out
