@@ -16,6 +16,7 @@ SHARED_DATASETS = Path(os.environ.get("FINETUNE_SHARED_DATASETS", REPO.parent / 
 pytest_plugins = [
     "tests.support.s3",
     "tests.support.controlplane",
+    "tests.support.operator",
 ]
 
 

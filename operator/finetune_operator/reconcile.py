@@ -22,10 +22,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from finetune_trainer.config import EXIT_BAD_INPUT
-from pydantic import ValidationError
 
 from finetune_operator import serving
-from finetune_operator.api import FineTuneJobSpec
+from finetune_operator.api import API_VERSION, KIND, FineTuneJobSpec
 from finetune_operator.resources import (
     ANNOTATION_GPU_SECONDS_BEFORE,
     CONFIG_KEY,
@@ -48,6 +47,7 @@ from finetune_operator.status import (
     parse_time,
     stage_rank,
 )
+from finetune_operator.validation import validate_document
 
 __all__ = [
     "Action",
@@ -60,7 +60,6 @@ __all__ = [
     "Update",
     "fail",
     "reconcile",
-    "spec_error",
 ]
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -147,15 +146,19 @@ class Decision:
 # ----------------------------------------------------------------------------------- helpers
 
 
-def spec_error(exc: ValidationError) -> str:
-    """The first validation problem as ``spec.<field path>: <message>``."""
-    errs = exc.errors()
-    parts = []
-    for e in errs[:3]:
-        loc = ".".join(str(p) for p in e.get("loc", ()))
-        parts.append(f"spec.{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg")))
-    more = f" (and {len(errs) - 3} more)" if len(errs) > 3 else ""
-    return "; ".join(parts) + more
+def _validated_spec(body: Mapping[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
+    """The spec checked by the same rules as admission (``validation``); problems name fields."""
+    meta = body.get("metadata") or {}
+    doc = {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body.get("kind", KIND),
+        "metadata": {"name": meta.get("name", ""), "namespace": meta.get("namespace")},
+        "spec": body.get("spec") or {},
+    }
+    job, problems = validate_document(doc)
+    if job is None:
+        return None, problems or ["spec: invalid"]
+    return job.spec, []
 
 
 def _cond(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
@@ -367,13 +370,14 @@ def reconcile(obs: Observed, settings: ReconcileSettings | None = None) -> Decis
     if phase in TERMINAL_PHASES:
         return _terminal(b, phase)
 
-    raw_spec = obs.body.get("spec") or {}
-    try:
-        spec = FineTuneJobSpec.model_validate(raw_spec)
-    except ValidationError as exc:
+    spec, problems = _validated_spec(obs.body)
+    if spec is None:
         b.delete_job()
         b.set("completionTime", format_time(obs.now))
-        msg = spec_error(exc) + " — fix the manifest and re-create the FineTuneJob"
+        shown = "; ".join(problems[:3]) + (
+            f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        )
+        msg = shown + " — fix the manifest and re-create the FineTuneJob"
         return b.finish("Failed", "InvalidSpec", msg)
     serving_on = spec.serving.enabled
     fin = _finisher(b, serving_on)
