@@ -171,7 +171,7 @@ def test_full_values_render_every_option(render) -> None:
     container = _container(objs)
     assert container["image"].endswith("@" + FULL_VALUES["image"]["digest"])
     assert "--peering=ft-peering" in container["args"] and "--standalone" not in container["args"]
-    assert "--debug" in container["args"] and "--interval=30" in container["args"]
+    assert "--verbose" in container["args"] and "--timer-interval=30" in container["args"]
     assert one(objs, "Deployment")["spec"]["replicas"] == 2
     peerings = by_kind(objs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]

@@ -60,14 +60,16 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 
 {{/*
-The RBAC rules the operator needs on its own and on its children's resources, in every watched
-namespace. Derived from what finetune_operator calls (kube.py / handlers.py) and what Kopf does
-on the FineTuneJob (finalizers and annotations through patch, status through the subresource).
+The RBAC rules the operator needs in every watched namespace, derived from what it calls
+(finetune_operator/kube.py: read/create/patch/delete of each child kind, list/delete of pods,
+status patches, Events, deletion of a FineTuneJob past ttlSecondsAfterFinished) and from what Kopf
+does on the FineTuneJob (list/watch, finalizers and annotations through patch).
+Deployments are for the inference rollout (spec.serving).
 */}}
 {{- define "finetune-operator.workloadRules" -}}
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
   verbs: [get, patch]
@@ -77,25 +79,22 @@ on the FineTuneJob (finalizers and annotations through patch, status through the
   verbs: [update]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, delete]
+  verbs: [list, delete]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 {{- if .Values.rbac.readSecrets }}
 - apiGroups: [""]
   resources: [secrets]
@@ -124,10 +123,8 @@ the operator as a local process with exactly these arguments.
 {{- else }}
 - --standalone
 {{- end }}
-{{- if eq .Values.operator.logLevel "verbose" }}
+{{- if eq .Values.operator.logLevel "debug" }}
 - --verbose
-{{- else if eq .Values.operator.logLevel "debug" }}
-- --debug
 {{- end }}
 {{- range .Values.operator.extraArgs }}
 - {{ . | quote }}
