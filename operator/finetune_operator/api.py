@@ -1274,13 +1274,6 @@ class FineTuneJob(_Model):
 
     CEL = (
         Cel(
-            f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
-            f"self.metadata.name.matches('{DNS1035_LABEL}')",
-            f"the name must be a DNS label of at most {MAX_NAME_LENGTH} characters (lowercase "
-            "letters, digits, '-', starting with a letter) so that its children's names fit",
-            ".metadata.name",
-        ),
-        Cel(
             "!has(self.spec.baseModel.fromJob) || self.spec.baseModel.fromJob != "
             "self.metadata.name",
             "a job cannot continue from itself",

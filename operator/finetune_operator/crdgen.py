@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import re
 import sys
 import types
 import typing
@@ -39,6 +40,7 @@ from finetune_operator.api import (
     FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    ObjectMeta,
 )
 from finetune_operator.apitypes import _Marker
 
@@ -231,7 +233,16 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "finetune.dev/v1alpha1"},
             "kind": {"type": "string", "description": "FineTuneJob"},
-            "metadata": {"type": "object"},
+            # the only metadata restriction a CRD may make: the name (see api.MAX_NAME_LENGTH)
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": _type_schema(
+                        ObjectMeta.model_fields["name"].annotation,
+                        list(ObjectMeta.model_fields["name"].metadata),
+                    )
+                },
+            },
             "spec": {**spec, "description": "The desired fine-tuning run."},
             "status": {**status, "description": "Observed state (written by the operator)."},
         },
@@ -271,6 +282,18 @@ class _NoAliasDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+_NUMBER_LIKE = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    """Quote strings a YAML 1.2 reader (kubectl) would take for numbers, such as 2e-4."""
+    style = '"' if _NUMBER_LIKE.match(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_NoAliasDumper.add_representer(str, _str)
 
 
 def render() -> str:

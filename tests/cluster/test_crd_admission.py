@@ -31,7 +31,7 @@ def dry_run_create(cp: Any, doc: dict[str, Any], namespace: str = "default") -> 
     doc["metadata"].pop("namespace", None)
     return cp.kubectl(
         "create", "--dry-run=server", "-n", namespace, "-f", "-",
-        input=yaml.safe_dump(doc), check=False,
+        input=json.dumps(doc), check=False,
     )  # fmt: skip
 
 
@@ -66,7 +66,7 @@ def test_training_fields_immutable_suspend_serving_run_policy_mutable(
     control_plane: Any, crd_installed: str, namespace: str
 ) -> None:
     cp = control_plane
-    cp.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(base_manifest()))
+    cp.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(base_manifest()))
     name = base_manifest()["metadata"]["name"]
     rejected = {
         "spec.hyperparameters": {"hyperparameters": {"learningRate": "1e-3"}},
@@ -99,7 +99,7 @@ def test_defaults_status_subresource_and_printer_columns(
 ) -> None:
     cp = control_plane
     doc = apply_patch(base_manifest(), {"metadata.name": "columns"})
-    cp.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    cp.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(doc))
     got = json.loads(cp.kubectl("get", "-n", namespace, "ftj/columns", "-o", "json").stdout)
     spec = got["spec"]
     assert spec["template"]["image"] == DEFAULT_TRAINER_IMAGE
