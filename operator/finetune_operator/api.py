@@ -215,7 +215,7 @@ OptionalObjectName = Annotated[
     str,
     Matches(
         DNS1123_SUBDOMAIN,
-        "empty or a Kubernetes object name (lowercase, digits, '-', '.')",
+        "a Kubernetes object name (lowercase, digits, '-', '.') or empty",
         253,
         allow_empty=True,
     ),
@@ -224,7 +224,7 @@ LabelValue = Annotated[
     str,
     Matches(
         r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
-        "empty or a label value (letters, digits, '-', '_', '.')",
+        "a label value (letters, digits, '-', '_', '.') or empty",
         63,
         allow_empty=True,
     ),
@@ -638,7 +638,7 @@ class StorageSpec(_Model):
 
     endpoint: Annotated[
         str,
-        Matches(r"^https?://[^\s/]+(/.*)?$", "empty or an http(s):// URL", 512, allow_empty=True),
+        Matches(r"^https?://[^\s/]+(/.*)?$", "an http(s):// URL or empty", 512, allow_empty=True),
     ] = Field(
         "",
         description="S3-compatible endpoint URL (MinIO, Ceph...); empty means AWS S3. In "
