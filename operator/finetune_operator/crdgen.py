@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import json
 import re
 import sys
 import types
@@ -44,7 +45,16 @@ from finetune_operator.api import (
 )
 from finetune_operator.apitypes import _Marker
 
-__all__ = ["CRD_NAME", "CRD_PATHS", "build_crd", "cli", "model_schema", "render"]
+__all__ = [
+    "CRD_NAME",
+    "CRD_PATHS",
+    "build_crd",
+    "cli",
+    "model_schema",
+    "reference_markdown",
+    "reference_rows",
+    "render",
+]
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_PATHS = (
@@ -304,8 +314,46 @@ def render() -> str:
     return HEADER + body
 
 
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(field path, type, default, description) for every spec field, in schema order."""
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def visit(node: dict[str, Any], path: str) -> None:
+        for name, child in (node.get("properties") or {}).items():
+            sub = f"{path}.{name}"
+            kind = child["type"]
+            if kind == "array":
+                item = child["items"]
+                kind = f"[]{item['type']}"
+                if "enum" in item:
+                    kind = "[]" + "\\|".join(item["enum"])
+            elif "enum" in child:
+                kind = "\\|".join(child["enum"])
+            default = json.dumps(child["default"]) if "default" in child else ""
+            if default in ("{}",):
+                default = ""
+            text = child.get("description", "").replace("|", "\\|")
+            rows.append((sub, kind, default, text))
+            target = child["items"] if child["type"] == "array" else child
+            if target.get("properties"):
+                visit(target, sub + ("[]" if child["type"] == "array" else ""))
+
+    visit(spec, "spec")
+    return rows
+
+
+def reference_markdown() -> str:
+    """The README's field table (kept in sync by tests/unit/test_crd.py)."""
+    lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
+    for path, kind, default, text in reference_rows():
+        dflt = f"`{default}`" if default else ""
+        lines.append(f"| `{path}` | {kind} | {dflt} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
 def cli(argv: Sequence[str]) -> int:
-    """``finetune crd [--write] [--root DIR]``."""
+    """``finetune crd [--write] [--reference] [--root DIR]``."""
     parser = argparse.ArgumentParser(
         prog="finetune crd", description="Print (or --write) the CRD generated from the API."
     )
@@ -313,7 +361,13 @@ def cli(argv: Sequence[str]) -> int:
         "--write", action="store_true", help="write crds/ and the chart's crds/ copy"
     )
     parser.add_argument("--root", default=".", help="repository root (default: .)")
+    parser.add_argument(
+        "--reference", action="store_true", help="print the README's spec field table instead"
+    )
     args = parser.parse_args(list(argv))
+    if args.reference:
+        sys.stdout.write(reference_markdown())
+        return 0
     text = render()
     if not args.write:
         sys.stdout.write(text)

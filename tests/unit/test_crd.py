@@ -168,3 +168,17 @@ def test_crd_defaults_are_valid_for_the_python_model(crd: dict[str, Any]) -> Non
     assert filled["spec"]["method"]["type"] == "lora"
     assert filled["spec"]["serving"]["promote"]["metric"] == "eval_loss"
     assert problems_for(filled) == []
+
+
+def test_readme_field_reference_matches_the_crd(repo_root: Path, crd: dict[str, Any]) -> None:
+    readme = (repo_root / "README.md").read_text()
+    begin, end = "<!-- BEGIN FIELDS", "<!-- END FIELDS -->"
+    assert begin in readme and end in readme, "README lost its FineTuneJob reference table"
+    block = readme.split(begin, 1)[1].split("\n", 1)[1].split(end, 1)[0]
+    assert block == crdgen.reference_markdown(), "run `finetune crd --reference` into README"
+    # and every documented field exists in the CRD
+    spec = schema(crd)["properties"]["spec"]
+    known = {f".spec{path}" for path, _ in walk(spec)}
+    for line in block.splitlines()[2:]:
+        field = line.split("`")[1]
+        assert "." + field in known, field
