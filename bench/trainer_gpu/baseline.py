@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     ThroughputCallback,
     alpaca_text,
     device_name,
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
         prompt, response = alpaca_text(row)
-        return tok(prompt + response + tok.eos_token, truncation=True, max_length=args.max_seq_length)
+        return tok(
+            prompt + response + tok.eos_token, truncation=True, max_length=args.max_seq_length
+        )
 
     ds = Dataset.from_list(rows).map(encode, remove_columns=list(rows[0].keys()))
     model = AutoModelForCausalLM.from_pretrained(
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
-            model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+            model,
+            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
         )
     n_params = sum(p.numel() for p in model.parameters())
     meter = ThroughputCallback(args.warmup)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train()
     tps = meter.tokens_per_second()
     cfg = model.config
-    # Unpacked: every row attends over its own padded batch length; use the mean padded length.
+    # T = the mean real row length (padding is not counted as work), as for our run.
     mean_len = sum(len(x) for x in ds["input_ids"]) / len(ds)
     fpt = flops_per_token(n_params, cfg.num_hidden_layers, cfg.hidden_size, int(mean_len))
     peak = peak_flops(device_name())

@@ -61,11 +61,10 @@ LLAMA_TINY = ModelShape("llama-tiny", 64, 128, 2, 4, 2, 2000)
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
     """Training FLOPs per token: 6N (forward + backward matmuls) + 12·L·H·T (attention scores
-    and values, forward + backward, with T the attended context), as in PaLM (Chowdhery et al.,
-    2022, appendix B). With packing and per-document masking the attended context is shorter
-    than T, so this over-counts attention for packed runs; we state the formula rather than
-    credit ourselves with FLOPs we did not run: T is taken as the mean document length for packed
-    runs and as the padded length for unpacked ones (what each run actually computed)."""
+    and values, forward + backward), as in PaLM (Chowdhery et al., 2022, appendix B), with T the
+    context a token actually attends over. Both runs use T = the mean real row length: with
+    packing and per-row masking a token attends only within its row, and padding tokens are not
+    counted as work in either run."""
     return 6.0 * n_params + 12.0 * n_layers * hidden * seq_len
 
 
