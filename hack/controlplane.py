@@ -21,10 +21,8 @@ Without annotations a scheduled pod goes Running and Ready and stays so.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
-import datetime
 import ipaddress
 import json
 import os
@@ -39,6 +37,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +58,18 @@ SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def _load_sibling(name: str) -> Any:
+    """hack/ is not a package: load hack/<name>.py by path, whoever imports this module."""
+    spec = spec_from_file_location(f"finetune_hack_{name}", HACK_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_pki = _load_sibling("pki")
 
 
 class ControlPlaneError(RuntimeError):
@@ -237,11 +248,11 @@ def start(
     state = Path(tempfile.mkdtemp(prefix="finetune-controlplane-"))
     logs = Path(logs_dir) if logs_dir else state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    pki = _write_pki(state / "pki")
+    pki = _pki.write_pki(state / "pki", str(next(ipaddress.ip_network(SERVICE_CIDR).hosts())))
     api_port = _free_port()
     server = f"https://127.0.0.1:{api_port}"
     kubeconfigs = {
-        user: _write_kubeconfig(state / f"{user}.kubeconfig", server, pki, user)
+        user: _pki.write_kubeconfig(state / f"{user}.kubeconfig", server, pki, user)
         for user in ("admin", "kube-controller-manager", "kube-scheduler", "kwok")
     }
     cp = ControlPlane(
@@ -298,6 +309,13 @@ def _start_all(
         f"--tls-cert-file={pki['apiserver.crt']}",
         f"--tls-private-key-file={pki['apiserver.key']}",
         f"--client-ca-file={pki['ca.crt']}",
+        f"--requestheader-client-ca-file={pki['front-proxy-ca.crt']}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki['front-proxy-client.crt']}",
+        f"--proxy-client-key-file={pki['front-proxy-client.key']}",
         "--authorization-mode=Node,RBAC",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         f"--service-account-issuer={SA_ISSUER}",
@@ -308,14 +326,14 @@ def _start_all(
         "--endpoint-reconciler-type=none",
         "--profiling=false",
     ])  # fmt: skip
-    admin_ctx = _client_context(pki, "admin")
+    admin_ctx = _pki.client_context(pki, "admin")
     _wait_http(cp, "kube-apiserver", f"{cp.server}/readyz", deadline, context=admin_ctx)
 
-    delegated = lambda user: [  # noqa: E731 - three flags every delegating component needs
-        f"--kubeconfig={kubeconfigs[user]}",
-        f"--authentication-kubeconfig={kubeconfigs[user]}",
-        f"--authorization-kubeconfig={kubeconfigs[user]}",
-    ]
+    def delegated(user: str) -> list[str]:
+        """The three kubeconfig flags every delegating component (kcm, scheduler) needs."""
+        return [f"--{kind}={kubeconfigs[user]}" for kind in
+                ("kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig")]  # fmt: skip
+
     kcm_port, sched_port, kwok_port = _free_port(), _free_port(), _free_port()
     _launch(cp, "kube-controller-manager", [
         *delegated("kube-controller-manager"),
@@ -477,156 +495,3 @@ def _nodes_ready(cp: ControlPlane, ctx: ssl.SSLContext, want: int) -> bool:
         )
     ]
     return len(ready) >= want
-
-
-# --- certificates and kubeconfigs ------------------------------------------------------------
-
-# Client identities: (common name, organisation). system:masters is the built-in admin group;
-# the controller-manager and scheduler use the identities the default RBAC policy binds.
-_USERS = {
-    "admin": ("finetune-admin", "system:masters"),
-    "kube-controller-manager": ("system:kube-controller-manager", None),
-    "kube-scheduler": ("system:kube-scheduler", None),
-    "kwok": ("kwok-controller", "system:masters"),
-}
-
-
-def _write_pki(directory: Path) -> dict[str, Path]:
-    """A CA, the API server's serving cert, client certs for _USERS, a service-account key pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    files: dict[str, Path] = {}
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def save_key(name: str, k: ec.EllipticCurvePrivateKey) -> None:
-        files[name] = directory / name
-        files[name].write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    def save_cert(name: str, cert: x509.Certificate) -> None:
-        files[name] = directory / name
-        files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    def name_of(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
-
-    def builder(subject: x509.Name, issuer: x509.Name, pub: Any) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(pub)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
-        )
-
-    ca_key = key()
-    ca_name = name_of("finetune-test-ca")
-    ca_cert = (
-        builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    save_key("ca.key", ca_key)
-    save_cert("ca.crt", ca_cert)
-
-    def leaf(name: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[Any]) -> None:
-        k = key()
-        b = builder(subject, ca_name, k.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        save_key(f"{name}.key", k)
-        save_cert(f"{name}.crt", b.sign(ca_key, hashes.SHA256()))
-
-    service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
-    leaf(
-        "apiserver",
-        name_of("kube-apiserver"),
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(service_ip),
-            *(
-                x509.DNSName(d)
-                for d in (
-                    "localhost",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                    "kubernetes.default.svc.cluster.local",
-                )
-            ),
-        ],
-    )
-    for user, (cn, org) in _USERS.items():
-        leaf(user, name_of(cn, org), ExtendedKeyUsageOID.CLIENT_AUTH, [])
-
-    sa_key = key()
-    save_key("sa.key", sa_key)
-    files["sa.pub"] = directory / "sa.pub"
-    files["sa.pub"].write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return files
-
-
-def _client_context(pki: dict[str, Path], user: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki["ca.crt"]))
-    ctx.load_cert_chain(str(pki[f"{user}.crt"]), str(pki[f"{user}.key"]))
-    return ctx
-
-
-def _write_kubeconfig(path: Path, server: str, pki: dict[str, Path], user: str) -> Path:
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "finetune-test",
-                "cluster": {"server": server, "certificate-authority-data": b64(pki["ca.crt"])},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(pki[f"{user}.crt"]),
-                    "client-key-data": b64(pki[f"{user}.key"]),
-                },
-            }
-        ],
-        "contexts": [
-            {"name": "finetune-test", "context": {"cluster": "finetune-test", "user": user}}
-        ],
-        "current-context": "finetune-test",
-    }
-    path.write_text(json.dumps(config, indent=2))  # JSON is valid kubeconfig YAML
-    path.chmod(0o600)
-    return path
