@@ -32,6 +32,7 @@ __all__ = [
     "Cel",
     "Choice",
     "DecimalString",
+    "FieldMarker",
     "Matches",
     "ObjectUri",
     "cel_list",
@@ -71,7 +72,7 @@ class Cel:
         return out
 
 
-class _Marker:
+class FieldMarker:
     """Base of the field markers: a pydantic after-validator plus the CRD keywords."""
 
     def check(self, value: Any, info: ValidationInfo) -> Any:  # pragma: no cover - abstract
@@ -92,7 +93,7 @@ def _num(x: float) -> str:
 
 
 @dataclass(frozen=True)
-class DecimalString(_Marker):
+class DecimalString(FieldMarker):
     """A decimal written as a string ("2e-4"), as the Kubernetes API conventions require."""
 
     gt: float | None = None
@@ -155,7 +156,7 @@ class DecimalString(_Marker):
 
 
 @dataclass(frozen=True)
-class ObjectUri(_Marker):
+class ObjectUri(FieldMarker):
     """Where data lives: s3://bucket/key in a cluster; ``finetune run`` also takes local paths.
 
     The local rules are switched on with the validation context ``{"local": True}``.
@@ -196,7 +197,7 @@ class ObjectUri(_Marker):
 
 
 @dataclass(frozen=True)
-class Choice(_Marker):
+class Choice(FieldMarker):
     """A string from a fixed set where the Python type stays ``str`` (an enum in the CRD)."""
 
     values: tuple[str, ...]
@@ -215,7 +216,7 @@ class Choice(_Marker):
 
 
 @dataclass(frozen=True)
-class Matches(_Marker):
+class Matches(FieldMarker):
     """A string matching a pattern (names, label values), with a message saying what it is."""
 
     pattern: str

@@ -43,7 +43,7 @@ from finetune_operator.api import (
     FineTuneJobStatus,
     ObjectMeta,
 )
-from finetune_operator.apitypes import _Marker
+from finetune_operator.apitypes import FieldMarker
 
 __all__ = [
     "CRD_NAME",
@@ -215,7 +215,7 @@ def _apply_constraint(schema: dict[str, Any], meta: Any, kind: str) -> None:
             schema["minLength"] = meta.min_length
         if meta.max_length is not None:
             schema["maxLength"] = meta.max_length
-    elif isinstance(meta, _Marker):
+    elif isinstance(meta, FieldMarker):
         _merge(schema, meta.crd())
     else:
         raise TypeError(f"crdgen: unsupported constraint {meta!r}")
