@@ -328,3 +328,22 @@ def test_make_cluster_prints_kubeconfig_and_stops_cleanly_on_sigterm(
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         ), pid
     assert (tmp_path / "logs" / "kube-apiserver.log").stat().st_size > 0
+
+
+def test_deleting_a_running_job_removes_its_pods(control_plane: Any, namespace: str) -> None:
+    """Job pods carry the job-tracking finalizer; kwok deletes, the job controller releases them."""
+    cp = control_plane
+    cp.kubectl("create", "job", "gang", "-n", namespace, "--image=example.invalid/trainer:1")
+    wait_for(
+        lambda: [
+            p for p in pods(cp, namespace, "job-name=gang") if p["status"].get("phase") == "Running"
+        ],
+        timeout=60,
+        message="pod of job gang Running",
+    )
+    cp.kubectl("delete", "job", "gang", "-n", namespace, "--cascade=background")
+    wait_for(
+        lambda: not pods(cp, namespace, "job-name=gang"),
+        timeout=60,
+        message="garbage collector and kwok to remove the pods of the deleted job",
+    )
