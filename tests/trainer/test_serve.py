@@ -542,3 +542,87 @@ def test_metrics(causal_run: Path) -> None:
         assert m[("finetune_inference_model_load_seconds", ())] > 0
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------- the CLI, from S3, with SIGTERM drain
+
+
+def test_cli_serves_a_run_from_s3_and_drains_on_sigterm(
+    causal_run: Path, tiny_llama_dir: Path, s3_server: Any, s3_store: Any, s3_bucket: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    base_uri = f"s3://{s3_bucket}/models/tiny-llama/"
+    run_uri = f"s3://{s3_bucket}/artifacts/runs/{causal_run.name}/"
+    s3_store.upload(tiny_llama_dir, base_uri)
+    staged = causal_run.parent / "staged-for-s3"
+    import shutil
+
+    shutil.copytree(causal_run, staged, dirs_exist_ok=True)
+    write_descriptor(staged, baseModelUri=base_uri, adapter="adapter/", runId=causal_run.name)
+    s3_store.push_run(staged, run_uri)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune_trainer",
+            "serve",
+            "--model",
+            run_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--s3-endpoint",
+            s3_server.endpoint_url,
+            "--grace-seconds",
+            "20",
+            "--cache-dir",
+            str(causal_run.parent / "cli-cache"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "FINETUNE_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on" in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        port = int(url.rsplit(":", 1)[1])
+        assert httpx.get(url + "/healthz").status_code == 200
+        deadline = time.monotonic() + 180
+        while httpx.get(url + "/readyz").status_code != 200:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "model did not load in time"
+            time.sleep(0.25)
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["model"] == causal_run.name
+
+        # a request in flight (half its body sent) when SIGTERM arrives still gets its answer
+        s = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:5]
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(url + "/readyz").status_code == 503)
+        assert httpx.get(url + "/readyz").json()["status"] == "draining"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        s.sendall(body[5:])
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
