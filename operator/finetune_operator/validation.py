@@ -14,6 +14,7 @@ Used by the ``finetune`` CLI, the local runner (``load_job(path, local=True)``) 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -49,6 +50,22 @@ class ManifestError(ValueError):
 # ------------------------------------------------------------------------------- documents
 
 
+class _KubeYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as kubectl does.
+
+    PyYAML follows YAML 1.1, where ``2e-4`` (no dot) is a string; kubectl's YAML reader takes it
+    for a number. Without this, ``learningRate: 2e-4`` would pass ``finetune validate`` and then
+    be rejected by the cluster ("must be of type string").
+    """
+
+
+_KubeYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
 def load_documents(path: str | Path) -> list[Any]:
     """Every non-empty YAML document of a file; ManifestError (one line) if it cannot be read."""
     p = Path(path)
@@ -61,7 +78,7 @@ def load_documents(path: str | Path) -> list[Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([f"{p}: cannot be read as UTF-8 text: {exc}"]) from exc
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_KubeYamlLoader) if d is not None]
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

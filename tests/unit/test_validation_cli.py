@@ -11,7 +11,7 @@ import pytest
 import yaml
 from finetune_operator.validation import ManifestError, cli, load_job, problems_for
 
-from tests.unit.invalid.corpus import apply_patch, base_manifest
+from tests.unit.invalid.corpus import apply_patch, base_manifest, dump_yaml
 
 FILES = Path(__file__).parent / "invalid" / "files"
 
@@ -60,7 +60,7 @@ def test_all_problems_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture
         },
     )
     path = tmp_path / "many.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(dump_yaml(doc))
     code, err = run_cli(capsys, str(path))
     assert code == 1
     for field in (
@@ -80,13 +80,13 @@ def test_multi_document_file_names_the_document(
     good = base_manifest()
     bad = apply_patch(good, {"metadata.name": "second", "spec.task": "translation"})
     path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump_all([good, bad]))
+    path.write_text(dump_yaml(good, bad))
     code, err = run_cli(capsys, str(path))
     assert code == 1
     assert f"{path} (document 2): spec.task: 'translation' is not allowed" in err
     assert "document 1" not in err
     good2 = apply_patch(good, {"metadata.name": "second"})
-    path.write_text(yaml.safe_dump_all([good, good2]))
+    path.write_text(dump_yaml(good, good2))
     assert run_cli(capsys, str(path))[0] == 0
 
 
@@ -94,7 +94,7 @@ def test_exit_zero_and_summary_for_valid_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "ok.yaml"
-    path.write_text(yaml.safe_dump(base_manifest()))
+    path.write_text(dump_yaml(base_manifest()))
     assert cli([str(path)]) == 0
     assert f"{path}: valid (corpus-base)" in capsys.readouterr().out
 
@@ -113,7 +113,7 @@ def test_local_rules_allow_local_paths_only_with_local(tmp_path: Path) -> None:
     gcs = apply_patch(doc, {"spec.output.uri": "gs://bucket/out/"})
     assert [p.split(":")[0] for p in problems_for(gcs, local=True)] == ["spec.output.uri"]
     path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(dump_yaml(doc))
     assert cli(["--local", "-q", str(path)]) == 0
     assert load_job(path, local=True).spec.base_model.uri == "./models/tiny"
 
@@ -121,13 +121,13 @@ def test_local_rules_allow_local_paths_only_with_local(tmp_path: Path) -> None:
 def test_load_job_raises_with_every_problem(tmp_path: Path) -> None:
     doc = apply_patch(base_manifest(), {"spec.method.lora.r": 0, "spec.task": "x"})
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(dump_yaml(doc))
     with pytest.raises(ManifestError) as err:
         load_job(path)
     assert len(err.value.problems) == 2
     assert all(p.startswith(f"{path}: spec.") for p in err.value.problems)
     assert str(err.value) == "\n".join(err.value.problems)
-    path.write_text(yaml.safe_dump_all([base_manifest(), base_manifest()]))
+    path.write_text(dump_yaml(base_manifest(), base_manifest()))
     with pytest.raises(ManifestError, match="holds 2 FineTuneJob documents"):
         load_job(path)
 
@@ -142,3 +142,18 @@ def test_finetune_command_dispatches(repo_root: Path) -> None:
     )
     assert proc.returncode == 1
     assert "kind: FineTuneJob" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unquoted_exponent_is_a_number_as_in_kubectl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PyYAML alone reads `2e-4` as a string; kubectl reads a number, which the CRD rejects."""
+    text = yaml.safe_dump(base_manifest())
+    assert "learningRate: 2e-4\n" in text  # PyYAML writes it unquoted
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    code, err = run_cli(capsys, str(path))
+    assert code == 1
+    assert "spec.hyperparameters.learningRate: must be a string, got a number" in err
+    path.write_text(text.replace("learningRate: 2e-4", 'learningRate: "2e-4"'))
+    assert run_cli(capsys, str(path))[0] == 0

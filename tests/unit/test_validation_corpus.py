@@ -14,7 +14,7 @@ import pytest
 import yaml
 from finetune_operator.validation import cli, problems_for
 
-from tests.unit.invalid.corpus import Case, base_manifest, load_cases
+from tests.unit.invalid.corpus import Case, base_manifest, dump_yaml, load_cases
 
 CASES = load_cases()
 
@@ -42,7 +42,7 @@ def test_cli_prints_file_and_path(
     case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / f"{case.id}.yaml"
-    path.write_text(yaml.safe_dump(case.manifest))
+    path.write_text(dump_yaml(case.manifest))
     assert cli([str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}: {case.path}: " in err

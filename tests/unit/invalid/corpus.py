@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CASES_FILE", "Case", "apply_patch", "base_manifest", "load_cases"]
+__all__ = ["CASES_FILE", "Case", "apply_patch", "base_manifest", "dump_yaml", "load_cases"]
 
 CASES_FILE = Path(__file__).with_name("cases.yaml")
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -78,3 +78,23 @@ def load_cases() -> list[Case]:
             )
         )
     return cases
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """Quotes strings kubectl would read as numbers (PyYAML writes "2e-4" bare)."""
+
+
+_NUMBER_LIKE = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if _NUMBER_LIKE.match(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_QuotingDumper.add_representer(str, _str)
+
+
+def dump_yaml(*docs: dict[str, Any]) -> str:
+    """Manifests as YAML text that kubectl and `finetune validate` read identically."""
+    return yaml.dump_all(list(docs), Dumper=_QuotingDumper, sort_keys=False)
