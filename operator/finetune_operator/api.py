@@ -1143,6 +1143,12 @@ def resolve_spec(spec: FineTuneJobSpec) -> FineTuneJobSpec:
 # ------------------------------------------------------------------------------------- status
 
 
+_CONDITIONS_EXTRA: JsonDict = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
 class Condition(_Model):
     """A kstatus-style condition."""
 
@@ -1242,7 +1248,12 @@ class FineTuneJobStatus(_Model):
     phase: Phase | None = Field(None, description="Lifecycle phase.")
     reason: str | None = Field(None, description="CamelCase reason of the phase.")
     message: str | None = Field(None, description="Human-readable detail of the phase.")
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="kstatus conditions (Ready, Reconciling, Stalled) and the domain ones, one "
+        "per type.",
+        json_schema_extra=_CONDITIONS_EXTRA,
+    )
     attempts: int | None = Field(None, description="Gang starts so far.")
     run_id: str | None = Field(None, description="Stable identifier of this run's outputs.")
     start_time: str | None = Field(None, description="When training pods were first created.")

@@ -111,6 +111,10 @@ def test_defaults_status_subresource_and_printer_columns(
             "progress": {"step": 1200, "totalSteps": 5000, "percent": 24},
             "metrics": {"trainLoss": "0.91", "evalLoss": "1.05"},
             "serving": {"endpoint": "http://support-bot.ns.svc:8000"},
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "Training"},
+                {"type": "Reconciling", "status": "True", "reason": "Training"},
+            ],
         }
     }
     proc = _patch(cp, namespace, "columns", status, "--subresource=status")
@@ -123,6 +127,7 @@ def test_defaults_status_subresource_and_printer_columns(
     _patch(cp, namespace, "columns", {"status": {"phase": "Failed"}})
     got = json.loads(cp.kubectl("get", "-n", namespace, "ftj/columns", "-o", "json").stdout)
     assert got["status"]["phase"] == "Training"
+    assert [c["type"] for c in got["status"]["conditions"]] == ["Ready", "Reconciling"]
 
 
 def test_kubectl_explain_describes_fields(control_plane: Any, crd_installed: str) -> None:
