@@ -230,7 +230,7 @@ def start(
     tools_dir: Path | str,
     logs_dir: Path | str | None = None,
     nodes: NodePool = NodePool(),
-    timeout: float = 90.0,
+    timeout: float = 120.0,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok; wait for nodes.
 

@@ -135,7 +135,8 @@ def test_pod_driven_to_failed_reports_exit_code_and_message(
         timeout=60,
         message="pod worker Ready",
     )
-    set_pod_result(control_plane, namespace, "worker", 65, message="bad data: row 3 has no 'text'")
+    message = 'bad data: row 3 has no \'text\'\n{"hint": "see \\"docs\\""}'
+    set_pod_result(control_plane, namespace, "worker", 65, message=message)
     failed = wait_for(
         lambda: (
             (p := get(control_plane, "pod", "worker", "-n", namespace))["status"]["phase"]
@@ -148,7 +149,7 @@ def test_pod_driven_to_failed_reports_exit_code_and_message(
     terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 65
     assert terminated["reason"] == "Error"
-    assert terminated["message"] == "bad data: row 3 has no 'text'"
+    assert terminated["message"] == message
 
 
 def test_deleting_an_owner_garbage_collects_its_children(
