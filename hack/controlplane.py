@@ -245,6 +245,24 @@ def start(
             f"{tools} lacks {', '.join(missing)}: run `make tools` (hack/build-tools.sh) "
             "and pass the directory it prints as TOOLS_DIR"
         )
+    deadline = time.monotonic() + timeout
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            return _start_once(tools, logs_dir, nodes, deadline)
+        except ControlPlaneError as exc:
+            # Ports are picked free but only bound by the component a moment later; another
+            # cluster starting on this machine may take one first. Retry with fresh ports.
+            if attempt == _START_ATTEMPTS or "address already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+_START_ATTEMPTS = 3
+
+
+def _start_once(
+    tools: Path, logs_dir: Path | str | None, nodes: NodePool, deadline: float
+) -> ControlPlane:
     state = Path(tempfile.mkdtemp(prefix="finetune-controlplane-"))
     logs = Path(logs_dir) if logs_dir else state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -263,7 +281,6 @@ def start(
         kubeconfig=str(kubeconfigs["admin"]),
         nodes=[n["metadata"]["name"] for n in nodes.manifests()],
     )
-    deadline = time.monotonic() + timeout
     try:
         _start_all(cp, pki, kubeconfigs, api_port, nodes, deadline)
     except BaseException as exc:

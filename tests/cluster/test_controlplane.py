@@ -348,3 +348,33 @@ def test_deleting_a_running_job_removes_its_pods(control_plane: Any, namespace: 
         timeout=60,
         message="garbage collector and kwok to remove the pods of the deleted job",
     )
+
+
+def test_start_retries_when_a_port_is_taken_before_the_component_binds(
+    control_plane: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Fault injection: the first port handed out is already bound (as when a concurrent cluster
+    wins the race for it); kube-apiserver fails to bind, start() retries with fresh ports."""
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_free_port = cp_module._free_port
+    handed: list[int] = []
+
+    def free_port() -> int:
+        handed.append(taken if not handed else real_free_port())
+        return handed[-1]
+
+    monkeypatch.setattr(cp_module, "_free_port", free_port)
+    try:
+        with cp_module.start(
+            control_plane.tools_dir, logs_dir=tmp_path, nodes=cp_module.NodePool(count=1)
+        ) as cp:
+            assert cp.server != f"https://127.0.0.1:{taken}"
+            assert cp.kubectl("get", "nodes", "-o", "name").stdout.split() == ["node/gpu-node-0"]
+    finally:
+        squatter.close()
+    assert "address already in use" in (tmp_path / "kube-apiserver.log").read_text()
