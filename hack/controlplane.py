@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import json
 import os
@@ -147,6 +148,7 @@ class ControlPlane:
     nodes: list[str]
     components: list[_Component] = field(default_factory=list)
     _stopped: bool = False
+    _state_lock: IO[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -205,6 +207,8 @@ class ControlPlane:
                 comp.process.wait(timeout=10)
             comp.log_file.close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self._state_lock:
+            self._state_lock.close()
 
     def __enter__(self) -> ControlPlane:
         return self
@@ -263,7 +267,10 @@ _START_ATTEMPTS = 3
 def _start_once(
     tools: Path, logs_dir: Path | str | None, nodes: NodePool, deadline: float
 ) -> ControlPlane:
-    state = Path(tempfile.mkdtemp(prefix="finetune-controlplane-"))
+    _reap_stale_state()
+    state = Path(tempfile.mkdtemp(prefix=_STATE_PREFIX))
+    state_lock = open(state / ".lock", "wb")  # noqa: SIM115 - held until ControlPlane.stop
+    fcntl.flock(state_lock, fcntl.LOCK_EX)
     logs = Path(logs_dir) if logs_dir else state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pki = _pki.write_pki(state / "pki", str(next(ipaddress.ip_network(SERVICE_CIDR).hosts())))
@@ -280,6 +287,7 @@ def _start_once(
         server=server,
         kubeconfig=str(kubeconfigs["admin"]),
         nodes=[n["metadata"]["name"] for n in nodes.manifests()],
+        _state_lock=state_lock,
     )
     try:
         _start_all(cp, pki, kubeconfigs, api_port, nodes, deadline)
@@ -398,6 +406,26 @@ def _start_all(
     _wait(cp, deadline, "every fake node Ready", lambda: _nodes_ready(cp, admin_ctx, len(cp.nodes)))
     _wait(cp, deadline, "the default service account (serviceaccount controller)",
           lambda: _exists(cp, admin_ctx, "/api/v1/namespaces/default/serviceaccounts/default"))  # fmt: skip
+
+
+_STATE_PREFIX = "finetune-controlplane-"
+
+
+def _reap_stale_state() -> None:
+    """Remove state dirs of clusters whose Python process died without stop() (e.g. kill -9).
+
+    The owner holds an flock on <state>/.lock for the cluster's life, so a lock we can take
+    belongs to nobody; its components died with their parent (PR_SET_PDEATHSIG).
+    """
+    for stale in Path(tempfile.gettempdir()).glob(f"{_STATE_PREFIX}*"):
+        try:
+            if time.time() - stale.stat().st_mtime < 60:  # may be starting: lock not taken yet
+                continue
+            with open(stale / ".lock", "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # held by a live cluster, no lock yet (just created), or already gone
+            continue
 
 
 # --- processes -------------------------------------------------------------------------------
