@@ -83,8 +83,8 @@ def build_training_arguments(
         "weight_decay": float(hp.weight_decay),
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False}
+        "activation_checkpointing": hp.gradient_checkpointing,  # 5.x name of gradient_checkpointing
+        "activation_checkpointing_kwargs": {"use_reentrant": False}
         if hp.gradient_checkpointing
         else None,
         "seed": hp.seed,
@@ -102,7 +102,7 @@ def build_training_arguments(
         "remove_unused_columns": False,  # data.py's columns (position_ids for packing) are inputs
         "dataloader_num_workers": 0,
         "use_cpu": not cuda,
-        "ddp_backend": None if cuda else "gloo",
+        # ddp_backend is left to accelerate: nccl with CUDA, gloo on CPU
         "deepspeed": deepspeed_config,
         "save_only_model": False,  # optimizer, scheduler and RNG states are needed to resume
         "ignore_data_skip": False,  # resume at the same data position
