@@ -97,6 +97,10 @@ def _batches(ds: Any, collator: Any, size: int) -> Any:
         yield collator([ds[i] for i in range(start, min(start + size, len(ds)))])
 
 
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
@@ -169,7 +173,7 @@ def _eval_causal(model: Any, ds: Any, collator: Any, size: int, name: str) -> Ev
     total, count = 0.0, 0
     for batch in _batches(ds, collator, size):
         labels = batch.pop("labels").to(device)
-        out = model(**{k: v.to(device) for k, v in batch.items()})
+        out = model(**_to(batch, device))
         s, n = _token_loss_sum(out.logits, labels)
         total += s
         count += n
@@ -196,7 +200,7 @@ def _eval_classification(
     loss_sum = 0.0
     for batch in _batches(ds, data.collator, size):
         y = batch.pop("labels").to(device)
-        out = model(**{k: v.to(device) for k, v in batch.items()})
+        out = model(**_to(batch, device))
         logits = out.logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         gold.extend(int(v) for v in y.tolist())
@@ -223,7 +227,7 @@ def _eval_ner(model: Any, ds: Any, data: PreparedData, size: int, name: str) -> 
     loss_sum, count = 0.0, 0
     for batch in _batches(ds, data.collator, size):
         y = batch.pop("labels").to(device)
-        out = model(**{k: v.to(device) for k, v in batch.items()})
+        out = model(**_to(batch, device))
         logits = out.logits.float()
         loss_sum += float(
             F.cross_entropy(

@@ -16,6 +16,8 @@ tokens. ``position_ids`` restart at 0 for every row, the first label of every ro
 token is trained to predict the start of an unrelated row), and the collator sends no
 ``attention_mask``: transformers then derives a block-diagonal causal mask from the position ids
 (SDPA/eager) or variable-length boundaries (flash-attention), so no row attends to another.
+The collator also passes ``use_cache=False``: with a KV cache, transformers skips that
+derivation and the rows would see each other (a test compares packed and unpacked logits).
 """
 
 from __future__ import annotations
@@ -281,9 +283,9 @@ def encode_ner(
 class CausalCollator:
     """Pads causal-lm batches: input_ids with the pad id, labels with -100.
 
-    Packed batches (rows with position_ids) are returned without an attention_mask so that the
-    model builds the per-row causal mask from the position ids; their padding is a separate
-    trailing "row" of pad tokens with labels -100.
+    Packed batches (rows with position_ids) are returned without an attention_mask and with
+    ``use_cache=False`` so that the model builds the per-row causal mask from the position ids;
+    their padding is a separate trailing "row" of pad tokens with labels -100.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
@@ -313,6 +315,10 @@ class CausalCollator:
         }
         if packed:
             batch["position_ids"] = torch.tensor(positions, dtype=torch.long)
+            # transformers derives the per-row mask from position_ids only when no KV cache is
+            # in play; models default to use_cache=True even in training (checked with Llama on
+            # transformers 5.23: with the cache, packed rows attend to each other).
+            batch["use_cache"] = False
         else:
             batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
         return batch
