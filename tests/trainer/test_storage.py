@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,43 @@ def test_prefix_etag_is_stable_and_content_sensitive(
     assert first == s3_store.etag(f"s3://{s3_bucket}/b/") == s3_store.etag(f"s3://{s3_bucket}/a")
     s3_store.write_bytes(f"s3://{s3_bucket}/b/config.json", b"{}")
     assert s3_store.etag(f"s3://{s3_bucket}/b/") != first
+
+
+def test_transient_errors_are_retried(s3_store: Store, s3_bucket: str) -> None:
+    """A 503 SlowDown from the server (injected once before sending) is retried, not surfaced."""
+    from botocore.awsrequest import AWSResponse
+
+    sent = {"n": 0}
+
+    class _Raw:
+        def stream(self, **kw: Any) -> Iterator[bytes]:
+            yield b""
+
+    def slow_down_once(request: Any, **kw: Any) -> AWSResponse | None:
+        sent["n"] += 1
+        if sent["n"] == 1:
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            resp = AWSResponse(request.url, 503, {}, _Raw())
+            resp._content = body
+            return resp
+        return None
+
+    s3_store.client.meta.events.register("before-send.s3.PutObject", slow_down_once)
+    s3_store.write_bytes(f"s3://{s3_bucket}/retry/x", b"payload")
+    assert sent["n"] == 2
+    assert s3_store.read_bytes(f"s3://{s3_bucket}/retry/x") == b"payload"
+
+
+def test_open_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_operator.api import StorageSpec
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    spec = StorageSpec(endpoint="http://minio.local:9000", region="eu-west-3")
+    store = open_store(spec)
+    assert (store.endpoint_url, store.region) == ("http://minio.local:9000", "eu-west-3")
+    assert store.client.meta.config.s3["addressing_style"] == "path"
+    assert open_store(spec, endpoint_url="http://other:1").endpoint_url == "http://other:1"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert open_store(spec).region == "ap-south-1"
+    assert open_store(None).endpoint_url is None
