@@ -94,7 +94,8 @@ class TransferSettings:
     max_concurrency: parallel requests per call (across files and parts of one file).
     multipart_threshold / multipart_chunksize: files at or above the threshold go multipart in
     parts of chunksize bytes (S3 allows at most 10,000 parts: the chunk grows for huge files).
-    max_attempts / retry_mode: botocore retries of throttling, 5xx and connection errors.
+    max_attempts / retry_mode: total attempts (first try included) of a request that fails with
+    throttling, 5xx or connection errors (botocore retry mode standard or adaptive).
     """
 
     max_concurrency: int = 16
@@ -368,7 +369,7 @@ class Store:
                 s = self.settings
                 config = Config(
                     region_name=self.region,
-                    retries={"max_attempts": s.max_attempts, "mode": s.retry_mode},
+                    retries={"total_max_attempts": s.max_attempts, "mode": s.retry_mode},
                     max_pool_connections=max(10, s.max_concurrency + 4),
                     connect_timeout=s.connect_timeout,
                     read_timeout=s.read_timeout,
