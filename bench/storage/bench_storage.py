@@ -147,7 +147,7 @@ def main() -> int:
             results.append(row)
             print(
                 f"{name:32s} up {row['upload_MBps_median']:7.1f} MB/s  "
-                f"down {row['download_MBps_median']:7.1f} MB/s  (runs {ups!r:.0} n={args.runs})",
+                f"down {row['download_MBps_median']:7.1f} MB/s  (median of {args.runs})",
                 flush=True,
             )
         doc = {

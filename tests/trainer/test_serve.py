@@ -626,3 +626,21 @@ def test_cli_serves_a_run_from_s3_and_drains_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_parallel_requests_match_sequential(causal_server: InferenceServer) -> None:
+    prompts = ["The weather today is", "Alice went to London"]
+    bodies = [{"prompt": p, "max_tokens": 10, "temperature": 0} for p in prompts]
+    url = causal_server.url + "/v1/completions"
+    alone = [httpx.post(url, json=b).json()["choices"][0]["text"] for b in bodies]
+    together: list[str] = ["", ""]
+
+    def call(i: int) -> None:
+        together[i] = httpx.post(url, json=bodies[i]).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
