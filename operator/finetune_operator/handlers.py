@@ -26,6 +26,8 @@ from finetune_operator.api import GROUP, PLURAL, VERSION
 from finetune_operator.kube import InvalidChildError, Kube, TransientApiError
 from finetune_operator.metrics import metrics
 from finetune_operator.reconcile import Decision, Event, Observed, fail, reconcile
+from finetune_operator.serving import ServingPatch, ServingPut
+from finetune_operator.serving_kube import ServingKube
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import parse_time
 
@@ -39,6 +41,7 @@ class Reconciler:
 
     def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
         self.kube = kube
+        self.serving = ServingKube(kube)
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -83,6 +86,7 @@ class Reconciler:
         if obs is None:
             self.forget(str((body.get("metadata") or {}).get("uid", "")))
             return
+        obs = self.serving.observe(obs)
         decision = reconcile(obs, self.settings.reconcile)
         try:
             self._apply(obs, decision)
@@ -102,7 +106,10 @@ class Reconciler:
         if decision.status_patch:
             self.kube.patch_status(obs.body, decision.status_patch)
         for action in decision.actions:
-            self.kube.apply(obs.body, action)
+            if isinstance(action, ServingPut | ServingPatch):
+                self.serving.apply(obs.body, action)
+            else:
+                self.kube.apply(obs.body, action)
         for event in decision.events:
             self._best_effort_event(obs.body, event, obs.now)
         self._record(obs, decision)
@@ -148,6 +155,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         settings.execution.max_workers = 16
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has no default login handler: use the kubernetes client's config
+        # (in-cluster service account, else $KUBECONFIG), as ``runner.make_api_client`` does.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:

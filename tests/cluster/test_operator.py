@@ -455,5 +455,12 @@ def test_twenty_jobs_at_once(
         return sum((j.get("status") or {}).get("phase") == "Succeeded" for j in items) == 20
 
     wait_for(all_succeeded, timeout=180, interval=1, message="20 jobs Succeeded")
-    text = operator_process.metrics_text()
-    assert f'finetune_operator_jobs{{namespace="{ns}",phase="Succeeded"}} 20.0' in text
+    # The gauge is updated right after each status patch: allow the last reconcile to finish.
+    wait_for(
+        lambda: (
+            f'finetune_operator_jobs{{namespace="{ns}",phase="Succeeded"}} 20.0'
+            in operator_process.metrics_text()
+        ),
+        timeout=30,
+        message="jobs gauge at 20 Succeeded",
+    )

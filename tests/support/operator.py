@@ -127,6 +127,28 @@ def operator_process(
     op = OperatorProcess(env, [namespace], tmp_path / "operator.log")
     op.start()
     yield op
+    # Delete the test's FineTuneJobs while the operator still runs (it releases its finalizer), and
+    # wait for their pods to go, so that the next test finds every fake GPU free.
+    if op.proc is not None and op.proc.poll() is None:
+        control_plane.kubectl(
+            "delete", "finetunejobs", "--all", "-n", namespace, "--wait=false", check=False
+        )
+        deadline = time.monotonic() + 60
+        left: list[str] = []
+        while time.monotonic() < deadline:
+            jobs = control_plane.kubectl(
+                "get", "finetunejobs", "-n", namespace, "-o", "name", check=False
+            ).stdout.split()
+            active = control_plane.kubectl(
+                "get", "pods", "-n", namespace, "-o", "name",
+                "--field-selector=status.phase!=Succeeded,status.phase!=Failed", check=False,
+            ).stdout.split()  # fmt: skip
+            left = jobs + active
+            if not left:
+                break
+            time.sleep(0.5)
+        else:
+            print(f"cleanup: still present after 60s: {left}")
     op.stop()
     # Shown by pytest only when the test failed.
     print(f"--- operator log tail ({op.log_path}) ---\n{op.log_text()[-6000:]}")
