@@ -285,3 +285,28 @@ def test_nothing_to_evaluate_is_a_clear_error(tmp_path: Path, tiny_llama_dir: Pa
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     with pytest.raises(ValueError, match="no validation set"):
         evaluate_model(model, tok, cfg, data)
+
+
+def test_chat_baseline_with_template_less_base_tokenizer(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    convo = {
+        "messages": [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hi there"},
+        ]
+    }
+    f = jsonl(tmp_path / "chat.jsonl", [convo] * 4)
+    cfg = make_config(
+        [{"name": "d", "uri": str(f), "format": "chat"}],
+        validation={"uri": str(f)},
+        evaluation={"baseline": {"fewShot": 1}},
+        hyperparameters={"maxSeqLength": 128},
+    )
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    data = prepare_data(cfg, tok, {"dataset:d": f, "validation": f})
+    base_tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    base_tok.chat_template = None
+    result = baseline_detailed(cfg, tiny_llama_dir, base_tok, data)
+    assert "default ChatML" in result.notes[0] and "1-shot" in result.notes[1]
+    assert math.isfinite(result.metrics["eval_loss"])

@@ -33,7 +33,13 @@ from typing import Any
 from .config import TrainerConfig
 from .data import PreparedData
 from .metrics_calc import classification_metrics, confusion_matrix, ner_metrics
-from .tokenization import IGNORE_INDEX, Encoded, causal_segments, encode_segments
+from .tokenization import (
+    IGNORE_INDEX,
+    Encoded,
+    causal_segments,
+    encode_segments,
+    ensure_chat_template,
+)
 
 __all__ = [
     "EvalResult",
@@ -299,6 +305,8 @@ def baseline_detailed(
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+        if data.format == "chat" and ensure_chat_template(tokenizer):
+            notes.append("base tokenizer has no chat template: rendered with the default ChatML")
         records = data.eval_records.get(name, [])
         rows = _fewshot_rows(config, tokenizer, data, records)
         k = len(data.train_examples) if data.format != "text" else 0
