@@ -260,3 +260,29 @@ def test_chart_dashboard_copy_is_current() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_pod_monitor_selects_the_pods_the_operator_labels(render) -> None:
+    from finetune_operator.resources import labels_for
+
+    selector = one(render(FULL_VALUES), "PodMonitor")["spec"]["selector"]
+    trainer = labels_for("bot", "trainer")
+    for key, value in selector["matchLabels"].items():
+        assert trainer[key] == value
+    (expr,) = selector["matchExpressions"]
+    assert trainer[expr["key"]] in expr["values"]
+
+
+def test_alert_rules_pass_promtool(render, tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed: run `bash hack/install-prometheus.sh`")
+    groups = one(render(FULL_VALUES), "PrometheusRule")["spec"]["groups"]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 rules found" in proc.stdout
