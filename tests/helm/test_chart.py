@@ -172,7 +172,7 @@ def test_full_values_render_every_option(render) -> None:
     assert container["image"].endswith("@" + FULL_VALUES["image"]["digest"])
     assert "--peering=ft-peering" in container["args"] and "--standalone" not in container["args"]
     assert "--verbose" in container["args"] and "--timer-interval=30" in container["args"]
-    assert one(objs, "Deployment")["spec"]["replicas"] == 2
+    assert one(objs, "Deployment")["spec"]["replicas"] == 1
     peerings = by_kind(objs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert all(
@@ -229,6 +229,7 @@ def test_helm_test_hook_pod(render) -> None:
         ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
         ({"unknownKey": 1}, "unknownKey"),
         ({"replicaCount": 3}, "ha.enabled=true"),
+        ({"replicaCount": 2, "ha": {"enabled": True}}, "no --priority flag"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(render, values, needle) -> None:
