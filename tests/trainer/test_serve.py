@@ -149,6 +149,9 @@ def reference(causal_run: Path, tiny_llama_dir: Path) -> Any:
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     model = PeftModel.from_pretrained(base, causal_run / "adapter").eval()
 
+    # the server also stops at the chat end-of-turn token <|end|>
+    eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")]
+
     def greedy(ids: torch.Tensor, n: int, *, adapter: bool = True) -> str:
         with torch.inference_mode():
             if adapter:
@@ -158,6 +161,7 @@ def reference(causal_run: Path, tiny_llama_dir: Path) -> Any:
                     max_new_tokens=n,
                     do_sample=False,
                     pad_token_id=tok.pad_token_id,
+                    eos_token_id=eos,
                 )
             else:
                 with model.disable_adapter():
@@ -167,6 +171,7 @@ def reference(causal_run: Path, tiny_llama_dir: Path) -> Any:
                         max_new_tokens=n,
                         do_sample=False,
                         pad_token_id=tok.pad_token_id,
+                        eos_token_id=eos,
                     )
         return str(tok.decode(out[0, ids.shape[-1] :], skip_special_tokens=True))
 
@@ -232,6 +237,8 @@ def test_chat_completion(causal_server: InferenceServer, reference: Any) -> None
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     assert doc["object"] == "chat.completion"
+    assert causal_server.model is not None
+    assert tok.convert_tokens_to_ids("<|end|>") in causal_server.model.eos_token_ids
     assert doc["choices"][0]["message"] == {"role": "assistant", "content": greedy(ids, 10)}
     assert doc["usage"]["prompt_tokens"] == ids.shape[-1]
 

@@ -36,6 +36,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TASKS = ("causal-lm", "sequence-classification", "token-classification")
+END_OF_TURN_TOKENS = ("<|end|>", "<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 class RequestError(ValueError):
@@ -494,6 +495,14 @@ def load_run(
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.append(tokenizer.eos_token_id)
+    # chat models end a turn with their own token before (or instead of) EOS: stop there too
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special |= set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    for end_of_turn in END_OF_TURN_TOKENS:
+        if end_of_turn in special:
+            tid = tokenizer.convert_tokens_to_ids(end_of_turn)
+            if isinstance(tid, int) and tid not in eos_ids:
+                eos_ids.append(tid)
     max_positions = int(
         getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length or 2048
     )
