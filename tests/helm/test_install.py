@@ -302,3 +302,35 @@ def test_install_rbac_operator_upgrade_uninstall(release: Release, namespace: st
     assert cp.kubectl("get", "role", SA, "-n", jobs_ns, check=False).returncode != 0
     assert cp.kubectl("get", "crd", "finetunejobs.finetune.dev", check=False).returncode == 0
     assert cp.kubectl("get", "ftj", "bot", "-n", jobs_ns, check=False).returncode == 0
+
+
+def test_ha_peering_install(release: Release) -> None:
+    """ha.enabled: the kopf.dev CRDs and the ClusterKopfPeering hook are installed, and the operator
+    (rendered args, ServiceAccount token) publishes its keep-alive in the peering object."""
+    cp = release.cp
+    release.install_or_upgrade("install", ha={"enabled": True, "peeringName": release.ns})
+    peering = cp.kubectl("get", "clusterkopfpeering", release.ns, "-o", "json", check=False)
+    assert peering.returncode == 0, peering.stderr
+    args = release.deployment_args()
+    assert f"--peering={release.ns}" in args and "--standalone" not in args
+    assert release.can_i("patch", "clusterkopfpeerings.kopf.dev", None)
+    op = LocalOperator(args, release.sa_kubeconfig(), release.tmp / "operator-ha.log")
+    try:
+
+        def keepalive() -> bool:
+            doc = json.loads(
+                cp.kubectl("get", "clusterkopfpeering", release.ns, "-o", "json").stdout
+            )
+            return bool(doc.get("status"))
+
+        wait_for(
+            keepalive, timeout=60, message=f"keep-alive in the peering; log:\n{op.text()[-3000:]}"
+        )
+        forbidden = [ln for ln in op.text().splitlines() if "403" in ln or "Forbidden" in ln]
+        assert not forbidden, "\n".join(forbidden[:20])
+    finally:
+        op.stop()
+    release.run("uninstall", RELEASE, "--wait")
+    # The peering CRDs are kept (helm.sh/resource-policy: keep): other Kopf operators may use them.
+    assert cp.kubectl("get", "crd", "clusterkopfpeerings.kopf.dev", check=False).returncode == 0
+    cp.kubectl("delete", "clusterkopfpeering", release.ns, "--ignore-not-found", check=False)
