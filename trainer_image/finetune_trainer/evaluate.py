@@ -304,7 +304,7 @@ def baseline_detailed(
     if data.task == "causal-lm":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model_dir)
         if data.format == "chat" and ensure_chat_template(tokenizer):
             notes.append("base tokenizer has no chat template: rendered with the default ChatML")
         records = data.eval_records.get(name, [])
