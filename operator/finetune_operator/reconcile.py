@@ -83,6 +83,8 @@ class Observed:
     """Pods of ``<job>-train`` (any attempt)."""
     base_job: Mapping[str, Any] | None = None
     """The FineTuneJob named by spec.baseModel.fromJob, or None (absent or not asked for)."""
+    endpoint: serving.EndpointObservation | None = None
+    """The serving endpoint's Deployment/Service (read only while a serving job is active)."""
 
 
 # ----------------------------------------------------------------------------------- outputs
@@ -117,7 +119,7 @@ class DeleteSelf:
     """Delete the FineTuneJob itself (ttlSecondsAfterFinished)."""
 
 
-Action = Create | Update | Delete | DeleteSelf
+Action = Create | Update | Delete | DeleteSelf | serving.ServingPut | serving.ServingPatch
 
 
 @dataclass(frozen=True)
@@ -759,20 +761,32 @@ def _completed(
         if not evaluation.get(key) and summary_eval.get(key):
             evaluation[key] = summary_eval[key]
             b.patch.setdefault("evaluation", {})[key] = summary_eval[key]
+    # The evaluation gate (operator-owned evaluation.passed/message), for every job.
+    view = dict(status)
+    view.update(b.patch)
+    view["evaluation"] = evaluation
+    verdict = serving.gate_verdict(spec, view)
+    if any(evaluation.get(k) != v for k, v in verdict.items()):
+        evaluation.update(verdict)
+        b.patch.setdefault("evaluation", {}).update(verdict)
     if spec.serving.enabled:
-        view = dict(status)
-        view.update(b.patch)
-        d = serving.decide(b.ident.name, b.ident.namespace, spec, view)
-        for m in d.manifests:
-            _ensure(b, m)
+        d = serving.decide(b.ident, spec, view, b.obs.endpoint, b.obs.now)
+        b.actions.extend(d.actions)
         if d.serving_status and status.get("serving") != d.serving_status:
             b.patch["serving"] = d.serving_status
-        if d.phase == "Succeeded":
+        if d.requeue_after is not None:
+            b.wait(d.requeue_after)
+        if d.phase in TERMINAL_PHASES:
             b.set("completionTime", status.get("completionTime") or format_time(b.obs.now))
         return fin(d.phase, d.reason, d.message, stage="done", evaluation=evaluation)
     b.set("completionTime", status.get("completionTime") or format_time(b.obs.now))
     art = (status.get("artifacts") or b.patch.get("artifacts") or {}).get("uri")
     where = f"; artifacts at {art}" if art else ""
+    gate = "" if verdict["passed"] else f"; {verdict['message']} (serving is disabled)"
     return fin(
-        "Succeeded", "Succeeded", f"training finished{where}", stage="done", evaluation=evaluation
+        "Succeeded",
+        "Succeeded",
+        f"training finished{where}{gate}",
+        stage="done",
+        evaluation=evaluation,
     )

@@ -60,8 +60,20 @@ WARNING_REASONS = frozenset(
         "BaseJobFailed",
         "BaseJobHasNoArtifacts",
         "ReconcileError",
+        "EvalGateFailed",
+        "RollingBack",
+        "RolloutFailed",
+        "EndpointConflict",
+        "NoArtifacts",
     }
 )
+# Reasons of a serving job's Succeeded phase → the Deployed condition (serving.py decides them).
+DEPLOYED_BY_REASON = {
+    "Deployed": "True",
+    "EvalGateFailed": "False",
+    "ChampionKept": "False",
+    "ChampionReplaced": "False",
+}
 
 CONDITION_TYPES = (
     "Ready",
@@ -169,6 +181,10 @@ def desired_conditions(
     if not serving_enabled:
         out["Deployed"] = ("False", "ServingDisabled", "spec.serving.enabled is false")
     elif phase == "Failed":
+        out["Deployed"] = ("False", reason, message)
+    elif phase == "Succeeded" and reason in DEPLOYED_BY_REASON:
+        out["Deployed"] = (DEPLOYED_BY_REASON[reason], reason, message)
+    elif phase == "Deploying":
         out["Deployed"] = ("False", reason, message)
     else:
         out["Deployed"] = ("Unknown", "RolloutPending", "")

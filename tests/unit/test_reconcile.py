@@ -22,6 +22,7 @@ from finetune_operator.reconcile import (
     reconcile,
 )
 from finetune_operator.resources import LABEL_ATTEMPT, LABEL_JOB
+from finetune_operator.serving import ServingPut
 from finetune_operator.settings import ReconcileSettings
 from finetune_operator.status import TRAINER_FIELDS, format_time
 
@@ -252,14 +253,21 @@ def test_completion_fills_lost_trainer_fields_from_termination_message() -> None
     assert w.step(t + timedelta(seconds=50)).status_patch == {}
 
 
-def test_serving_enabled_goes_to_deploying_placeholder() -> None:
+def test_serving_enabled_goes_to_deploying() -> None:
+    # The rollout itself is tested in tests/unit/test_serving.py; here: the seam is wired.
     w = World(ftj(serving={"enabled": True, "endpoint": "bot-ep"}))
     w.step(T0)
+    w.body["status"]["artifacts"] = {"uri": "s3://artifacts/bot/runs/x/"}
     w.pods = [pod(i, "1", "Succeeded", started=T0, exit_code=0) for i in range(2)]
     w.job_condition("Complete", T0 + timedelta(seconds=40))
     d = w.step(T0 + timedelta(seconds=41))
-    assert d.phase == "Deploying"
+    assert d.phase == "Deploying" and d.reason == "RollingOut"
     assert w.body["status"]["serving"]["endpoint"] == "http://bot-ep.ns.svc:8000"
+    assert w.body["status"]["evaluation"]["passed"] is True
+    assert {a.manifest["kind"] for a in d.actions if isinstance(a, ServingPut)} == {
+        "Deployment",
+        "Service",
+    }
 
 
 def test_pod_failure_backs_off_then_restarts_the_whole_gang() -> None:
