@@ -4,6 +4,7 @@ A thin dispatcher: each subcommand's module exposes ``cli(argv) -> int``.
   launch   what a training pod runs: pull, validate, torchrun train, evaluate, push, report
   train    one torchrun worker (started by launch; not for direct use)
   serve    the built-in inference server
+  pull     lay a published run out for another server (vLLM init container)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "launch": "finetune_trainer.launch",
     "train": "finetune_trainer.train",
     "serve": "finetune_trainer.serve",
+    "pull": "finetune_trainer.pull",
 }
 
 
