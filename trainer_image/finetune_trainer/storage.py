@@ -868,7 +868,13 @@ class Store:
     def is_complete(self, run_uri: str) -> bool:
         """``_SUCCESS`` and manifest.json present, and every manifest file there with its size."""
         run_uri = run_uri if run_uri.endswith("/") else run_uri + "/"
-        present = {o.key: o.size for o in self.list(run_uri)}
+        if is_s3_uri(run_uri):
+            present = {o.key: o.size for o in self.list(run_uri)}
+        else:  # sizes only: no need to hash a local run's files
+            root = _local_path(run_uri)
+            present = (
+                {rel: f.stat().st_size for rel, f in _iter_files(root)} if root.is_dir() else {}
+            )
         if SUCCESS_NAME not in present or MANIFEST_NAME not in present:
             return False
         try:
