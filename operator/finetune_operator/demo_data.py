@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
+    "HELD_OUT_SEED",
     "INSTRUCT_SPLITS",
     "SENTIMENT_LABELS",
     "SENTIMENT_SPLITS",
@@ -31,6 +32,7 @@ __all__ = [
 SENTIMENT_LABELS = ("negative", "positive")
 # split name -> (rows, seed offset); disjoint seeds give different sentences per split
 SENTIMENT_SPLITS: dict[str, tuple[int, int]] = {"train": (960, 0), "val": (96, 1), "test": (240, 2)}
+HELD_OUT_SEED = SENTIMENT_SPLITS["test"][1]  # this seed's rows also use the held-out adjectives
 INSTRUCT_SPLITS: dict[str, tuple[int, int]] = {"train": (600, 0), "val": (60, 1), "test": (80, 2)}
 
 _DOMAINS: dict[str, list[str]] = {
@@ -139,6 +141,10 @@ _NEGATIVE = [
     "stale",
     "useless",
 ]
+# Only in the test split: adjectives the fine-tune never saw, so the score also measures what the
+# pretrained encoder brings (it knows "splendid" is praise) rather than template memorisation.
+_HELD_OUT_POSITIVE = ["splendid", "marvelous", "terrific", "exquisite", "stellar", "sublime"]
+_HELD_OUT_NEGATIVE = ["atrocious", "abysmal", "lousy", "dismal", "shoddy", "appalling"]
 _INTENSIFIERS = [
     "",
     "",
@@ -155,15 +161,18 @@ _NEG_VERBS = ["hated", "disliked", "regretted", "could not stand", "was let down
 _OPENERS = ["", "", "Honestly, ", "Overall, ", "To be fair, ", "In short, ", "Well, "]
 
 
-def _clause(rng: random.Random, subject: str, positive: bool) -> str:
+_Vocab = tuple[list[str], list[str]]  # (positive adjectives, negative adjectives)
+
+
+def _clause(rng: random.Random, subject: str, positive: bool, vocab: _Vocab) -> str:
     """A clause about ``subject`` whose polarity is ``positive``; half of them use negation."""
     form = rng.randrange(4)
     be = "were" if subject.endswith("s") and not subject.endswith("ss") else "was"
     if form == 0:  # plain adjective
-        adj = rng.choice(_POSITIVE if positive else _NEGATIVE)
+        adj = rng.choice(vocab[0] if positive else vocab[1])
         return f"{subject} {be} {rng.choice(_INTENSIFIERS)}{adj}"
     if form == 1:  # negated adjective of the opposite polarity
-        adj = rng.choice(_NEGATIVE if positive else _POSITIVE)
+        adj = rng.choice(vocab[1] if positive else vocab[0])
         neg = rng.choice(["not", "never", "not at all", "not exactly"])
         if neg == "not at all":
             return f"{subject} {be} not {adj} at all"
@@ -182,19 +191,21 @@ def _clause(rng: random.Random, subject: str, positive: bool) -> str:
     return f"I {verb} {subject}"
 
 
-def _sentence(rng: random.Random, positive: bool) -> str:
+def _sentence(rng: random.Random, positive: bool, vocab: _Vocab) -> str:
     domain = rng.choice(sorted(_DOMAINS))
     subjects = _DOMAINS[domain]
     kind = rng.randrange(5)
     if kind in (0, 1):
-        text = _clause(rng, rng.choice(subjects), positive)
+        text = _clause(rng, rng.choice(subjects), positive, vocab)
     elif kind == 2:  # contrast: the clause after "but" decides
         first, second = rng.sample(subjects, 2)
-        text = f"{_clause(rng, first, not positive)}, but {_clause(rng, second, positive)}"
+        text = f"{_clause(rng, first, not positive, vocab)}, but {_clause(rng, second, positive, vocab)}"
     elif kind == 3:  # two clauses agreeing
         first, second = rng.sample(subjects, 2)
         joiner = rng.choice([" and ", "; also ", ", and "])
-        text = f"{_clause(rng, first, positive)}{joiner}{_clause(rng, second, positive)}"
+        text = (
+            f"{_clause(rng, first, positive, vocab)}{joiner}{_clause(rng, second, positive, vocab)}"
+        )
     else:  # recommendation
         if positive:
             rec = rng.choice(
@@ -214,20 +225,26 @@ def _sentence(rng: random.Random, positive: bool) -> str:
                     "I would not go back",
                 ]
             )
-        text = f"{_clause(rng, rng.choice(subjects), positive)}. {rec[0].upper()}{rec[1:]}"
+        text = f"{_clause(rng, rng.choice(subjects), positive, vocab)}. {rec[0].upper()}{rec[1:]}"
     text = rng.choice(_OPENERS) + text
     return text[0].upper() + text[1:] + rng.choice([".", ".", "!"])
 
 
 def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` rows ``{"text", "label"}``, labels balanced and shuffled, duplicates avoided."""
+    """``n`` rows ``{"text", "label"}``, labels balanced and shuffled, duplicates avoided.
+
+    The test split's seed (``HELD_OUT_SEED``) also draws adjectives that no other split uses.
+    """
     rng = random.Random(f"sentiment-{seed}")
+    vocab: _Vocab = (_POSITIVE, _NEGATIVE)
+    if seed == HELD_OUT_SEED:
+        vocab = (_POSITIVE + _HELD_OUT_POSITIVE * 3, _NEGATIVE + _HELD_OUT_NEGATIVE * 3)
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     attempts = 0
     while len(rows) < n:
         positive = len(rows) % 2 == 0
-        text = _sentence(rng, positive)
+        text = _sentence(rng, positive, vocab)
         attempts += 1
         if text in seen and attempts < n * 20:
             continue

@@ -21,7 +21,6 @@ run the same command again to resume); 1 anything else. Work files live in ``--w
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -405,6 +404,14 @@ def _run_with_storage(ctx: Context, embedded: Any) -> int:
 
     ctx.store = _open_store(ctx)
     try:
+        if embedded is not None:  # a fresh embedded server: the job's buckets, empty
+            from finetune_trainer.embedded_s3 import ensure_bucket
+            from finetune_trainer.storage import parse_s3_uri
+
+            for bucket in sorted(
+                {parse_s3_uri(u).bucket for _, u in job_uris(ctx.spec) if is_s3(u)}
+            ):
+                ensure_bucket(ctx.store, bucket)
         if ctx.opts.demo:
             _put_demo_inputs(ctx, embedded)
         for arg in ctx.opts.seeds:
@@ -488,21 +495,20 @@ def _check_inputs(ctx: Context) -> None:
         if not ctx.store.exists(uri):
             missing.append(f"{fname} = {uri}")
     if missing:
-        hint = (
-            "Upload the data first (--seed s3://BUCKET/KEY=PATH, or put the files under "
-            f"{_rel(ctx.opts.workdir.resolve() / 's3')}/BUCKET/KEY for the embedded S3), or run "
-            "with --demo to generate the demo inputs."
-        )
+        if any(is_s3(m.split(" = ", 1)[1]) for m in missing):
+            hint = (
+                "Upload the data first (--seed s3://BUCKET/KEY=PATH, or put the files under "
+                f"{_rel(ctx.opts.workdir.resolve() / 's3')}/BUCKET/KEY for the embedded S3), or "
+                "run with --demo to generate the demo inputs."
+            )
+        else:
+            hint = (
+                "Fix the paths (relative paths are read from the current directory), or run "
+                "with --demo to generate the demo inputs there."
+            )
         raise LocalRunError("nothing found at " + "; ".join(missing), EXIT_BAD_MANIFEST, hint=hint)
     if is_s3(ctx.spec.output.uri):
-        from finetune_trainer.embedded_s3 import ensure_bucket
-        from finetune_trainer.storage import parse_s3_uri
-
-        bucket = parse_s3_uri(ctx.spec.output.uri).bucket
-        if ctx.spec.storage.endpoint and "127.0.0.1" in ctx.spec.storage.endpoint:
-            ensure_bucket(ctx.store, bucket)
-        else:
-            ctx.store.exists(ctx.spec.output.uri)  # raises StorageError naming the bucket
+        ctx.store.exists(ctx.spec.output.uri)  # raises StorageError naming a missing bucket
 
 
 def _discard_run(ctx: Context) -> None:
@@ -787,8 +793,9 @@ def _gate(ctx: Context) -> tuple[bool | None, str | None]:
     results = (ctx.trainer_status.get("evaluation") or {}).get("results") or {}
     if not rules:
         return None, None
-    gate = importlib.import_module("finetune_operator.gate")
-    verdict = gate.evaluate_gate(rules, results)
+    from finetune_operator.gate import evaluate_gate
+
+    verdict = evaluate_gate(rules, results)
     return bool(verdict.passed), str(verdict.message)
 
 
@@ -822,7 +829,12 @@ def _serve(ctx: Context, passed: bool | None, gate_message: str | None) -> int:
 
     port = free_port()
     server = start_server(
-        ctx.run_uri, port, ctx.env, ctx.run_dir / "logs" / "serve.log", Path.cwd()
+        ctx.run_uri,
+        port,
+        ctx.env,
+        ctx.run_dir / "logs" / "serve.log",
+        Path.cwd(),
+        s3_endpoint=ctx.spec.storage.endpoint or None,
     )
     ctx.ui.note(f"Starting the inference server on {ctx.run_uri}")
     try:

@@ -16,7 +16,11 @@ overwritten: a user's own data is never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +140,36 @@ def build_tiny_llama(
     return dest
 
 
+def _formatted(row: dict[str, str]) -> str:
+    """An instruction row as the trainer renders it (so the tokenizer learns the prompt)."""
+    if "instruction" not in row:
+        return row.get("text", "")
+    from finetune_trainer.formats import alpaca_prompt
+
+    return str(alpaca_prompt(row["instruction"], row.get("input", ""))) + row["output"]
+
+
+@contextlib.contextmanager
+def _quiet(log: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors: C libraries too) to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with log.open("ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def _data_uris(spec: FineTuneJobSpec) -> list[tuple[str, str, str]]:
     """(field, uri, split) for every data input the manifest names."""
     out = [(f"spec.datasets[{i}].uri", d.uri, "train") for i, d in enumerate(spec.datasets)]
@@ -175,7 +209,7 @@ def plan_demo_inputs(spec: FineTuneJobSpec, staging: Path) -> list[DemoInput]:
             raise DemoError(f"{field}: --demo writes JSON lines; name a .jsonl file or a prefix")
         n, seed = splits[split]
         rows = make_rows(n, seed)
-        corpus += list(iter_text(rows))
+        corpus += list(iter_text(rows)) + [_formatted(row) for row in rows]
         name = f"{split}.jsonl"
         staged = write_jsonl(rows, staging / "data" / f"{len(inputs)}-{name}")
         target = uri if _is_file_uri(uri) else uri.rstrip("/") + "/" + name
@@ -186,6 +220,7 @@ def plan_demo_inputs(spec: FineTuneJobSpec, staging: Path) -> list[DemoInput]:
         else:
             model = staging / "tiny-llama"
             if not (model / "config.json").is_file():
-                build_tiny_llama(model, corpus)
+                with _quiet(staging / "build-tiny-llama.log"):
+                    build_tiny_llama(model, corpus)
         inputs.append(DemoInput(field="spec.baseModel.uri", uri=spec.base_model.uri, source=model))
     return inputs

@@ -167,24 +167,23 @@ class ServerProcess:
 
 
 def start_server(
-    run_uri: str, port: int, env: Mapping[str, str], log: Path, cwd: Path
+    run_uri: str,
+    port: int,
+    env: Mapping[str, str],
+    log: Path,
+    cwd: Path,
+    *,
+    s3_endpoint: str | None = None,
 ) -> ServerProcess:
     """``python -m finetune_trainer serve --model RUN_URI --port PORT`` on 127.0.0.1."""
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = log.open("ab")
+    cmd = [sys.executable, "-m", "finetune_trainer", "serve", "--model", run_uri]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if s3_endpoint:
+        cmd += ["--s3-endpoint", s3_endpoint]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune_trainer",
-            "serve",
-            "--model",
-            run_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        cmd,
         env=dict(env),
         cwd=cwd,
         stdout=fh,

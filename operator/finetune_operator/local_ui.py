@@ -229,11 +229,12 @@ class RunUI:
         if results:
             self.console.print(table)
         if evaluation.get("passed") is not None:
-            verdict = "[green]passed[/green]" if evaluation["passed"] else "[red]failed[/red]"
-            self.console.print(f"Gate: {verdict} {evaluation.get('message') or ''}".rstrip())
+            style = "green" if evaluation["passed"] else "red"
+            verdict = evaluation.get("message") or ("passed" if evaluation["passed"] else "failed")
+            self.console.print(f"[{style}]{verdict}[/{style}]")
         info = Table.grid(padding=(0, 2))
-        info.add_column(style="bold cyan")
-        info.add_column()
+        info.add_column(style="bold cyan", no_wrap=True)
+        info.add_column(overflow="fold")
         artifacts = status.get("artifacts") or {}
         for key, label in (
             ("uri", "artifacts"),

@@ -62,3 +62,13 @@ def test_write_jsonl_round_trips(tmp_path: Path) -> None:
     rows = sentiment_rows(10)
     path = write_jsonl(rows, tmp_path / "a" / "b.jsonl")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+
+def test_test_split_has_held_out_adjectives() -> None:
+    from finetune_operator.demo_data import _HELD_OUT_NEGATIVE, _HELD_OUT_POSITIVE
+
+    held_out = _HELD_OUT_POSITIVE + _HELD_OUT_NEGATIVE
+    train = " ".join(r["text"] for r in sentiment_rows(960, 0) + sentiment_rows(96, 1))
+    test = " ".join(r["text"] for r in sentiment_rows(240, 2))
+    assert not any(w in train for w in held_out)
+    assert sum(w in test for w in held_out) >= 6
