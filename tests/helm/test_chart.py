@@ -287,3 +287,50 @@ def test_alert_rules_pass_promtool(render, tmp_path) -> None:
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 rules found" in proc.stdout
+
+
+# kubernetes-client method stem → (API group, resource) for the kinds the operator touches.
+_CLIENT_RESOURCES = {
+    "config_map": ("", "configmaps"),
+    "service": ("", "services"),
+    "service_account": ("", "serviceaccounts"),
+    "pod": ("", "pods"),
+    "event": ("", "events"),
+    "secret": ("", "secrets"),
+    "role": ("rbac.authorization.k8s.io", "roles"),
+    "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "job": ("batch", "jobs"),
+    "deployment": ("apps", "deployments"),
+    "custom_object": ("finetune.dev", "finetunejobs"),
+}
+_VERBS = {"read": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list",
+          "replace": "update"}  # fmt: skip
+
+
+def test_chart_rbac_covers_every_api_call_of_the_operator(render) -> None:
+    """Scan the operator's code for kubernetes-client calls; each needs a rule in the chart, so a
+    new call (e.g. by the serving rollout) cannot ship without its RBAC."""
+    import re
+
+    calls: set[tuple[str, str, str]] = set()
+    pattern = re.compile(
+        r"\.(read|create|patch|delete|list|replace)_namespaced_([a-z_]+?)(_status)?\b"
+    )
+    for path in sorted((REPO / "operator" / "finetune_operator").glob("*.py")):
+        if path.name.startswith("local"):
+            continue  # `finetune run` never talks to a cluster
+        for verb, stem, status in pattern.findall(path.read_text()):
+            assert stem in _CLIENT_RESOURCES, (
+                f"{path.name}: unknown kind {stem}: add it here and to the chart"
+            )
+            group, resource = _CLIENT_RESOURCES[stem]
+            calls.add((group, resource + ("/status" if status else ""), _VERBS[verb]))
+    assert ("batch", "jobs", "create") in calls and ("", "pods", "list") in calls
+    (role,) = [
+        r
+        for r in by_kind(render(), "ClusterRole")
+        if r["metadata"]["name"] == "ft-finetune-operator"
+    ]
+    granted = set(_rules(role))
+    missing = sorted(calls - granted)
+    assert not missing, f"the operator calls these without RBAC in the chart: {missing}"
