@@ -303,7 +303,7 @@ _CLIENT_RESOURCES = {
     "deployment": ("apps", "deployments"),
     "custom_object": ("finetune.dev", "finetunejobs"),
 }
-_VERBS = {"read": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list",
+_VERBS = {"read": "get", "get": "get", "create": "create", "patch": "patch", "delete": "delete", "list": "list",
           "replace": "update"}  # fmt: skip
 
 
@@ -314,7 +314,7 @@ def test_chart_rbac_covers_every_api_call_of_the_operator(render) -> None:
 
     calls: set[tuple[str, str, str]] = set()
     pattern = re.compile(
-        r"\.(read|create|patch|delete|list|replace)_namespaced_([a-z_]+?)(_status)?\b"
+        r"\.(read|get|create|patch|delete|list|replace)_namespaced_([a-z_]+?)(_status)?\b"
     )
     for path in sorted((REPO / "operator" / "finetune_operator").glob("*.py")):
         if path.name.startswith("local"):
