@@ -358,6 +358,8 @@ def test_open_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from finetune_operator.api import StorageSpec
 
     monkeypatch.delenv("AWS_REGION", raising=False)
+    for var in ("FINETUNE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     spec = StorageSpec(endpoint="http://minio.local:9000", region="eu-west-3")
     store = open_store(spec)
@@ -367,3 +369,7 @@ def test_open_store_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     assert open_store(spec).region == "ap-south-1"
     assert open_store(None).endpoint_url is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://ceph.local:7480")
+    assert open_store(None).endpoint_url == "http://ceph.local:7480"
+    assert open_store(None).client.meta.config.s3["addressing_style"] == "path"
+    assert open_store(spec).endpoint_url == "http://minio.local:9000"  # the spec wins

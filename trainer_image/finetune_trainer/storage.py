@@ -929,12 +929,20 @@ def open_store(
 ) -> Store:
     """A Store for a job's storage settings.
 
-    Endpoint: ``endpoint_url`` if given, else spec.storage.endpoint, else AWS (boto3 still honours
-    AWS_ENDPOINT_URL). Region: AWS_REGION / AWS_DEFAULT_REGION, else spec.storage.region.
+    Endpoint: ``endpoint_url`` if given, else spec.storage.endpoint, else the environment
+    (FINETUNE_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), else AWS. Any custom endpoint
+    gets path-style addressing. Region: AWS_REGION / AWS_DEFAULT_REGION, else spec.storage.region.
     Credentials: boto3's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the job's Secret,
     or ambient IRSA / instance-profile credentials).
     """
-    endpoint = endpoint_url or (storage_spec.endpoint if storage_spec is not None else "") or None
+    endpoint = (
+        endpoint_url
+        or (storage_spec.endpoint if storage_spec is not None else "")
+        or os.environ.get("FINETUNE_S3_ENDPOINT")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
     region = (
         os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")
