@@ -228,6 +228,8 @@ def test_helm_test_hook_pod(render) -> None:
         ({"operator": {"metricsPort": 70000}}, "metricsPort"),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
         ({"unknownKey": 1}, "unknownKey"),
+        ({"monitoring": {"prometheusRule": {"reconcileErrorRate": "lots"}}}, "reconcileErrorRate"),
+        ({"monitoring": {"prometheusRule": {"stalledFor": "30 minutes"}}}, "stalledFor"),
         ({"replicaCount": 3}, "ha.enabled=true"),
         ({"replicaCount": 2, "ha": {"enabled": True}}, "no --priority flag"),
     ],
