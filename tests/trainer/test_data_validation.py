@@ -335,3 +335,28 @@ def test_no_local_copy_is_reported(tmp_path: Path) -> None:
     cfg = make_config([{"name": "d", "uri": "s3://bucket/k.jsonl", "format": "text"}])
     probs = problems_of(cfg, {})
     assert probs == ["s3://bucket/k.jsonl: no local copy was given for dataset:d (launch bug)"]
+
+
+def test_warnings_duplicates_leakage_imbalance(tmp_path: Path) -> None:
+    rows = [{"text": f"good {i}", "label": "pos"} for i in range(22)] + [
+        {"text": "bad", "label": "neg"},
+        {"text": "good 3", "label": "pos"},  # line 24 repeats line 4
+    ]
+    train = jsonl(tmp_path / "t.jsonl", rows)
+    val = jsonl(
+        tmp_path / "v.jsonl", [{"text": "good 0", "label": "pos"}, {"text": "new", "label": "neg"}]
+    )
+    cfg = make_config(
+        [{"name": "d", "uri": str(train), "format": "classification"}],
+        task="sequence-classification",
+        validation={"uri": str(val)},
+    )
+    report = validate_data(cfg, {"dataset:d": train, "validation": val})
+    assert report.label_counts == {"neg": 1, "pos": 23}
+    assert report.warnings == [
+        f"1 training rows are exact duplicates (first: {train}:24 repeats {train}:4)",
+        f"1 of 2 validation rows also occur in the training data, so its scores overstate "
+        f"generalisation (first: {val}:1 = {train}:1)",
+        "training labels are imbalanced (more than 10:1): neg=1, pos=23; accuracy alone will "
+        "flatter the model, watch eval_f1",
+    ]

@@ -30,6 +30,7 @@ Rules (also in the README, "Datasets and formats"):
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -99,6 +100,7 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     train_rows: int = 0  # after split and mixing
     validation_rows: int = 0
+    label_counts: dict[str, int] | None = None  # classification: training rows per label
 
     def summary(self) -> str:
         parts = [f"{k}: {v} rows" for k, v in self.rows.items()]
@@ -412,11 +414,60 @@ def _report(config: TrainerConfig, collected: _Collected, splits: _Splits) -> Da
         train_rows=len(splits.train),
         validation_rows=len(splits.validation),
     )
+    report.warnings.extend(_overlap_warnings(collected))
+    if config.spec.task == "sequence-classification":
+        counts: dict[str, int] = {label: 0 for label in collected.labels or []}
+        for src in collected.sources:
+            if src.key.startswith("dataset:"):
+                for _, rec in collected.records[src.key]:
+                    counts[rec["label"]] += 1
+        report.label_counts = counts
+        if counts and min(counts.values()) * 10 < max(counts.values()):
+            report.warnings.append(
+                "training labels are imbalanced (more than 10:1): "
+                + ", ".join(f"{k}={v}" for k, v in counts.items())
+                + "; accuracy alone will flatter the model, watch eval_f1"
+            )
     if not splits.train:
         raise DataValidationError([f"{config.spec.datasets[0].uri}: no training rows"])
     if config.spec.validation is not None and not splits.validation:
         report.warnings.append("validation set is empty: eval loss will not be reported")
     return report
+
+
+def _overlap_warnings(collected: _Collected) -> list[str]:
+    """Duplicate training rows, and held-out rows that also occur in the training data."""
+    warnings: list[str] = []
+    seen: dict[str, Location] = {}
+    duplicates = 0
+    first_dup = ""
+    for src in collected.sources:
+        if not src.key.startswith("dataset:"):
+            continue
+        for loc, rec in collected.records[src.key]:
+            key = json.dumps(rec, sort_keys=True)
+            if key in seen:
+                duplicates += 1
+                first_dup = first_dup or f"{loc} repeats {seen[key]}"
+            else:
+                seen[key] = loc
+    if duplicates:
+        warnings.append(f"{duplicates} training rows are exact duplicates (first: {first_dup})")
+    for src in collected.sources:
+        if src.key.startswith("dataset:"):
+            continue
+        leaked = [
+            (loc, seen[k])
+            for loc, rec in collected.records[src.key]
+            if (k := json.dumps(rec, sort_keys=True)) in seen
+        ]
+        if leaked:
+            warnings.append(
+                f"{len(leaked)} of {len(collected.records[src.key])} {src.name} rows also occur "
+                f"in the training data, so its scores overstate generalisation (first: "
+                f"{leaked[0][0]} = {leaked[0][1]})"
+            )
+    return warnings
 
 
 def prepare_data(config: TrainerConfig, tokenizer: Any, files: Mapping[str, Path]) -> PreparedData:
