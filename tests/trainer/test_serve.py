@@ -371,6 +371,8 @@ def post_raw(
         (b"[1, 2]", None),
         (b"{}", "prompt"),
         (b'{"prompt": 5}', "prompt"),
+        (b'{"prompt": ""}', "prompt"),
+        (b'{"prompt": []}', "prompt"),
         (b'{"prompt": "a", "max_tokens": 0}', "max_tokens"),
         (b'{"prompt": "a", "max_tokens": 100000}', "max_tokens"),
         (b'{"prompt": "a", "max_tokens": "3"}', "max_tokens"),

@@ -282,6 +282,8 @@ class LoadedModel:
 
     def check_length(self, input_ids: Any, params: GenerationParams) -> None:
         n = int(input_ids.shape[-1])
+        if n == 0:
+            raise RequestError("the prompt is empty (no tokens): send some text", "prompt")
         if n + params.max_tokens > self.max_positions:
             raise RequestError(
                 f"the prompt is {n} tokens and max_tokens is {params.max_tokens}: together more "
