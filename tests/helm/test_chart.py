@@ -265,15 +265,38 @@ def test_chart_dashboard_copy_is_current() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_pod_monitor_selects_the_pods_the_operator_labels(render) -> None:
-    from finetune_operator.resources import labels_for
+def test_pod_monitor_selects_and_scrapes_the_pods_the_operator_builds(render) -> None:
+    """The operator's own builders make a training Job and an inference pod; the PodMonitor's
+    selector must match both pods' labels and its endpoints name a port of each."""
+    from finetune_operator.api import FineTuneJobSpec
+    from finetune_operator.resources import JobIdentity, build_train_job
+    from finetune_operator.serving_manifests import build_pod_template
 
-    selector = one(render(FULL_VALUES), "PodMonitor")["spec"]["selector"]
-    trainer = labels_for("bot", "trainer")
-    for key, value in selector["matchLabels"].items():
-        assert trainer[key] == value
-    (expr,) = selector["matchExpressions"]
-    assert trainer[expr["key"]] in expr["values"]
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "s3://models/m/"},
+            "datasets": [{"name": "d", "uri": "s3://data/d.jsonl", "format": "chat"}],
+            "output": {"uri": "s3://artifacts/bot/"},
+            "serving": {"enabled": True, "endpoint": "bot"},
+        }
+    )
+    ident = JobIdentity(name="bot", namespace="team-a", uid="0123456789abcdef")
+    pods = {
+        "trainer": build_train_job(ident, spec, attempt=1)["spec"]["template"],
+        "inference": build_pod_template(ident, spec, "s3://artifacts/bot/runs/bot-01234567/"),
+    }
+    monitor = one(render(FULL_VALUES), "PodMonitor")["spec"]
+    (expr,) = monitor["selector"]["matchExpressions"]
+    endpoint_ports = {e["port"] for e in monitor["podMetricsEndpoints"]}
+    for component, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        for key, value in monitor["selector"]["matchLabels"].items():
+            assert labels.get(key) == value, (component, key)
+        assert labels[expr["key"]] in expr["values"], component
+        ports = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert ports & endpoint_ports, (
+            f"{component} pods expose {ports}, PodMonitor scrapes {endpoint_ports}"
+        )
 
 
 def test_alert_rules_pass_promtool(render, tmp_path) -> None:
