@@ -529,6 +529,14 @@ def _terminal(b: _Builder, phase: str) -> Decision:
             )
         else:
             b.wait(left)
+    if serving_on and b.obs.endpoint is not None and not b.actions:
+        # A champion that finished: say so when a newer job took the endpoint; keep replicas.
+        serving_status, serving_actions = serving.follow_champion(
+            b.ident, raw_spec.get("serving") or {}, status, b.obs.endpoint
+        )
+        if serving_status is not None:
+            b.set("serving", serving_status)
+        b.actions.extend(serving_actions)
     return b.finish(
         phase,
         str(status.get("reason") or phase),

@@ -50,6 +50,7 @@ __all__ = [
     "ServingPatch",
     "ServingPut",
     "decide",
+    "follow_champion",
     "gate_verdict",
 ]
 
@@ -132,6 +133,39 @@ def _rolled_back_uid(dep: Mapping[str, Any] | None) -> str | None:
     raw = _annotations(dep).get(ANN_ROLLED_BACK)
     rb = Champion.from_json(raw)  # same {job, uid} keys
     return rb.uid if rb else None
+
+
+def follow_champion(
+    ident: JobIdentity,
+    raw_serving: Mapping[str, Any],
+    status: Mapping[str, Any],
+    obs: EndpointObservation,
+) -> tuple[dict[str, Any] | None, list[ServingAction]]:
+    """A finished job that serves (or served) the endpoint: (new serving status or None, actions).
+
+    When a newer job replaced it (or the Deployment is gone), status.serving says so. While it is
+    the champion, spec.serving.replicas (mutable) is kept on the Deployment; other serving
+    changes after the job finished are not rolled out (re-create the job to change the model).
+    """
+    current = dict(status.get("serving") or {})
+    if not current.get("promoted"):
+        return None, []
+    dep = obs.deployment
+    champion = champion_of(dep)
+    if dep is None or champion is None or champion.uid != ident.uid:
+        if dep is None:
+            why = "the endpoint's Deployment no longer exists"
+        elif champion is None:
+            why = "the endpoint no longer serves any model"
+        else:
+            why = f"replaced on the endpoint by {champion.describe()}"
+        return {**current, "promoted": False, "ready": False, "message": why}, []
+    want = raw_serving.get("replicas", 1)
+    have = (dep.get("spec") or {}).get("replicas")
+    name = str((dep.get("metadata") or {}).get("name"))
+    if isinstance(want, int) and want != have:
+        return None, [ServingPatch("Deployment", name, {"spec": {"replicas": want}})]
+    return None, []
 
 
 def decide(

@@ -69,8 +69,9 @@ class ServingKube:
         body = obs.body
         spec = body.get("spec") or {}
         serving = spec.get("serving") or {}
-        phase = (body.get("status") or {}).get("phase")
-        if not serving.get("enabled") or phase in TERMINAL_PHASES:
+        st = body.get("status") or {}
+        champion = st.get("phase") == "Succeeded" and (st.get("serving") or {}).get("promoted")
+        if not serving.get("enabled") or (st.get("phase") in TERMINAL_PHASES and not champion):
             return obs
         meta = body.get("metadata") or {}
         ns = str(meta.get("namespace"))

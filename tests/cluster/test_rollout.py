@@ -235,6 +235,13 @@ def test_champion_kept_then_replaced_and_survives_non_serving_deletion(
     assert [r["uid"] for r in dep["metadata"]["ownerReferences"]] == [v3_uid]
     svc = get(cp, ns, "service", "bot")
     assert [r["uid"] for r in svc["metadata"]["ownerReferences"]] == [v3_uid]
+    # The former champion's status says it no longer serves.
+    wait_for(
+        lambda: status(cp, ns, "v1")["serving"]["promoted"] is False,
+        timeout=30,
+        message="v1 told it was replaced",
+    )
+    assert "v3" in status(cp, ns, "v1")["serving"]["message"]
     # The former champion, no longer serving, may now be deleted without an outage.
     cp.kubectl("delete", "finetunejob", "v1", "-n", ns, "--wait=true", timeout=90)
     time.sleep(3)
@@ -298,3 +305,24 @@ def test_rollback_when_new_pods_stay_unready(
     # The unready pod of the failed model is gone; v1 still serves.
     wait_for(lambda: get(cp, ns, "pod", pod) is None, timeout=60, message=f"{pod} removed")
     assert status(cp, ns, "v1")["phase"] == "Succeeded"
+
+
+def test_vllm_engine_rollout(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    doc = manifest("llm", endpoint="chat", engine="vllm")
+    doc["spec"]["method"] = {"type": "lora", "lora": {"r": 16}}
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
+    run_uri = finish_training(cp, ns, "llm", "0.7")
+    st = wait_phase(cp, ns, "llm", "Succeeded", 120)
+    assert st["reason"] == "Deployed" and st["serving"]["endpoint"] == f"http://chat.{ns}.svc:8000"
+    dep = deployment(cp, ns, "chat")
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"] == ["--run", run_uri, "--dest", "/models"]
+    assert init["env"][0]["name"] == "AWS_DEFAULT_REGION"
+    (server,) = pod["containers"]
+    assert server["image"].startswith("vllm/vllm-openai:")
+    assert "chat=/models/adapter" in server["args"] and "--enable-lora" in server["args"]
+    assert (dep["status"].get("availableReplicas") or 0) == 1

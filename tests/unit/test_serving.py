@@ -20,6 +20,7 @@ from finetune_operator.serving import (
     ServingPatch,
     ServingPut,
     decide,
+    follow_champion,
     gate_verdict,
 )
 from finetune_operator.serving_kube import replacement_patch
@@ -385,3 +386,24 @@ def test_deployed_condition_follows_the_reason(reason: str) -> None:
         serving_enabled=True,
     )
     assert conds["Deployed"] == ("True" if reason == "Deployed" else "False", reason, "m")
+
+
+# ------------------------------------------------------------------- after the job finished
+
+
+def test_finished_champion_learns_it_was_replaced_and_keeps_replicas_in_sync() -> None:
+    ep = Endpoint()
+    serve_first(ep)
+    served = {"serving": {"promoted": True, "ready": True, "message": "m"}}
+    obs = ep.observe()
+    assert follow_champion(ident("v1"), {"replicas": 1}, served, obs) == (None, [])
+    new, actions = follow_champion(ident("v1"), {"replicas": 3}, served, obs)
+    assert new is None and actions == [ServingPatch("Deployment", "bot", {"spec": {"replicas": 3}})]
+    step(ep, "v2", "0.5", T0 + timedelta(minutes=5))
+    new, actions = follow_champion(ident("v1"), {"replicas": 3}, served, ep.observe())
+    assert actions == [] and new is not None
+    assert new["promoted"] is False and "'v2'" in new["message"] and "0.5" in new["message"]
+    # Not the champion in the first place: nothing to follow.
+    assert follow_champion(ident("v9"), {}, {"serving": {"promoted": False}}, obs) == (None, [])
+    gone = follow_champion(ident("v1"), {}, served, EndpointObservation())[0]
+    assert gone is not None and "no longer exists" in gone["message"]
