@@ -753,7 +753,7 @@ def _error_text(error: Mapping[str, Any]) -> str:
     if isinstance(problems, list) and problems:
         shown = [str(p) for p in problems[:5]]
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        text = text.rstrip(".") + ": " + "; ".join(shown) + more
+        text = text.rstrip(".: ") + ": " + "; ".join(shown) + more
     return text
 
 
