@@ -369,6 +369,7 @@ def post_raw(
     [
         (b"{not json", None),
         (b"[1, 2]", None),
+        (b"[" * 2000 + b"]" * 2000, None),
         (b"{}", "prompt"),
         (b'{"prompt": 5}', "prompt"),
         (b'{"prompt": ""}', "prompt"),

@@ -529,7 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "the request body is shorter than its Content-Length")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
