@@ -326,3 +326,54 @@ def test_vllm_engine_rollout(
     assert server["image"].startswith("vllm/vllm-openai:")
     assert "chat=/models/adapter" in server["args"] and "--enable-lora" in server["args"]
     assert (dep["status"].get("availableReplicas") or 0) == 1
+
+
+def test_replacement_is_guarded_and_replaces_the_whole_spec(
+    control_plane: Any, crd_installed: str, namespace: str
+) -> None:
+    """The endpoint write path against the real API server (no operator process needed)."""
+    from datetime import datetime, timezone
+
+    from finetune_operator.api import FineTuneJobSpec
+    from finetune_operator.kube import Kube, TransientApiError
+    from finetune_operator.resources import JobIdentity
+    from finetune_operator.serving import ServingPut
+    from finetune_operator.serving_kube import ServingKube
+    from finetune_operator.serving_manifests import Champion, build_deployment
+
+    cp, ns = control_plane, namespace
+    raw = manifest("v1", engine="vllm")["spec"]
+    io = ServingKube(Kube(cp.api_client()))
+    now = datetime.now(timezone.utc)
+    # Real owners (no operator runs here), so the garbage collector leaves the Deployment be.
+    uid = {}
+    for name in ("v1", "v2"):
+        cp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest(name)))
+        uid[name] = get(cp, ns, "finetunejob", name)["metadata"]["uid"]
+    v1 = Champion("v1", uid["v1"], "s3://a/runs/v1/", "eval_loss", "0.9")
+    io.apply({"metadata": {"namespace": ns}}, ServingPut(
+        build_deployment(JobIdentity("v1", ns, uid["v1"]), FineTuneJobSpec.model_validate(raw),
+                         champion=v1, now=now)
+    ))  # fmt: skip
+    seen = deployment(cp, ns)
+    assert seen["spec"]["template"]["spec"]["initContainers"]
+    cp.kubectl("annotate", "deployment", "bot", "-n", ns, "someone=else")  # a concurrent writer
+    builtin = {**raw, "serving": {**raw["serving"], "engine": "builtin"}}
+    v2 = Champion("v2", uid["v2"], "s3://a/runs/v2/", "eval_loss", "0.5")
+    stale = build_deployment(
+        JobIdentity("v2", ns, uid["v2"]), FineTuneJobSpec.model_validate(builtin),
+        champion=v2, now=now, current=seen,
+    )  # fmt: skip
+    with pytest.raises(TransientApiError, match="409"):
+        io.apply({"metadata": {"namespace": ns}}, ServingPut(stale))
+    assert champion(deployment(cp, ns))["job"] == "v1"
+    fresh = build_deployment(
+        JobIdentity("v2", ns, uid["v2"]), FineTuneJobSpec.model_validate(builtin),
+        champion=v2, now=now, current=deployment(cp, ns),
+    )  # fmt: skip
+    io.apply({"metadata": {"namespace": ns}}, ServingPut(fresh))
+    after = deployment(cp, ns)
+    assert champion(after)["job"] == "v2" and "someone" not in after["metadata"]["annotations"]
+    assert "initContainers" not in after["spec"]["template"]["spec"]  # replaced, not merged
+    assert served_model(after) == "s3://a/runs/v2/"
+    assert [r["uid"] for r in after["metadata"]["ownerReferences"]] == [uid["v2"]]
