@@ -169,6 +169,9 @@ def test_metrics_endpoint_serves_finetune_trainer_series(tmp_path: Path) -> None
         _events(reporter)
         reporter.transfers(pulled=1000, pushed=10)
         reporter.transfers(pulled=1500, pushed=10)
+        reporter.on_event(
+            {"event": "step", "step": 25, "worker_bytes_pulled": 0, "worker_bytes_pushed": 90}
+        )
         body = (
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         )
@@ -184,7 +187,7 @@ def test_metrics_endpoint_serves_finetune_trainer_series(tmp_path: Path) -> None
         "finetune_trainer_tokens_per_second": 900.5,
         "finetune_trainer_eta_seconds": 30.2,
         "finetune_trainer_bytes_pulled_total": 1500.0,
-        "finetune_trainer_bytes_pushed_total": 10.0,
+        "finetune_trainer_bytes_pushed_total": 100.0,  # launch 10 + checkpoint uploads 90
         "finetune_trainer_restarts_total": 2.0,  # attempt 3
     }
     values = {}
@@ -210,6 +213,9 @@ def test_termination_summary_stays_under_4kib_and_keeps_the_error(tmp_path: Path
     assert len(raw) < MAX_TERMINATION_BYTES
     doc = json.loads(raw)
     assert doc["error"]["reason"] == "DataValidationFailed"
+    kept = doc["error"]["problems"]
+    assert kept and kept == problems[: len(kept)]  # the first problems, in order
+    assert doc["error"]["problemCount"] == len(problems)
 
 
 def test_reporter_of_other_nodes_reports_nothing(tmp_path: Path) -> None:

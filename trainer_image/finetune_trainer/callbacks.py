@@ -29,7 +29,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from finetune_trainer.checkpoint import checkpoint_uri, mark_complete, prune, upload_checkpoint
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.report import ProgressLog, peak_flops_for
-from finetune_trainer.storage import Store
+from finetune_trainer.storage import COUNTERS, Store
 
 __all__ = ["CheckpointPublisher", "ProgressReporter", "StopOnSignal"]
 
@@ -161,6 +161,9 @@ class ProgressReporter(TrainerCallback):
             fields["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated())
             with contextlib.suppress(Exception):  # needs pynvml; optional
                 fields["gpu_utilization"] = torch.cuda.utilization() / 100.0
+        transfers = COUNTERS.snapshot()  # this process's checkpoint uploads
+        fields["worker_bytes_pulled"] = transfers["bytes_pulled"]
+        fields["worker_bytes_pushed"] = transfers["bytes_pushed"]
         self.progress.emit("step", **fields)
 
     def on_log(

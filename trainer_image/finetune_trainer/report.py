@@ -224,6 +224,8 @@ class Reporter:
         self._last_patch = -1e18
         self._last_file = -1e18
         self._pending_file = False
+        self._own_bytes = (0, 0)  # storage bytes moved by this process (pulled, pushed)
+        self._worker_bytes = (0, 0)  # by rank 0 of the workers (checkpoint uploads)
         self._pending_patch = False
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -301,7 +303,16 @@ class Reporter:
         self.flush(force=True)
 
     def transfers(self, pulled: int, pushed: int) -> None:
+        """This process's storage byte totals (the workers' arrive in their events)."""
+        with self._lock:
+            self._own_bytes = (pulled, pushed)
+        self._sync_transfers()
+
+    def _sync_transfers(self) -> None:
         if self.metrics is not None:
+            with self._lock:
+                pulled = self._own_bytes[0] + self._worker_bytes[0]
+                pushed = self._own_bytes[1] + self._worker_bytes[1]
             self.metrics.set_transfer_totals(pulled, pushed)
 
     def on_event(self, ev: dict[str, Any]) -> None:
@@ -362,6 +373,13 @@ class Reporter:
                 series.set(float(ev[key]))
         if ev.get("tokens_seen") is not None:
             mx.set_tokens_seen(float(ev["tokens_seen"]))
+        if ev.get("worker_bytes_pushed") is not None:
+            with self._lock:
+                self._worker_bytes = (
+                    int(ev.get("worker_bytes_pulled", 0)),
+                    int(ev["worker_bytes_pushed"]),
+                )
+            self._sync_transfers()
 
     # -- following the workers' event log --------------------------------------------------
 
@@ -466,14 +484,20 @@ class Reporter:
             self._server = None
 
     def summary(self, *, error: dict[str, Any] | None = None) -> str:
-        """The status JSON (trainer fields; plus ``error`` on failure), cut to under 4 KiB."""
+        """The status JSON (trainer fields; plus ``error`` on failure), cut to under 4 KiB.
+
+        What goes first when it does not fit: the dataset ETags, the baseline and the results
+        (all also in the status and metrics.json), then lineage and artifacts; then the list of
+        problems is halved (the first ones kept, ``problemCount`` says how many there were).
+        """
         doc: dict[str, Any] = self.status()
         if error is not None:
-            doc["error"] = error
-        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        # Drop the least important parts until it fits.
+            doc["error"] = dict(error)
+
+        def encoded() -> int:
+            return len(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+
         trims: list[tuple[str, ...]] = [
-            ("error", "problems"),
             ("lineage", "datasetETags"),
             ("evaluation", "baseline"),
             ("evaluation", "results"),
@@ -481,14 +505,20 @@ class Reporter:
             ("artifacts",),
         ]
         for path in trims:
-            if len(text.encode()) < MAX_TERMINATION_BYTES:
+            if encoded() < MAX_TERMINATION_BYTES:
                 break
             node: Any = doc
             for key in path[:-1]:
                 node = node.get(key, {}) if isinstance(node, dict) else {}
             if isinstance(node, dict):
                 node.pop(path[-1], None)
-            text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        err = doc.get("error") or {}
+        problems = list(err.get("problems") or [])
+        while encoded() >= MAX_TERMINATION_BYTES and problems:
+            err.setdefault("problemCount", len(problems))
+            problems = problems[: len(problems) // 2]
+            err["problems"] = problems
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         if len(text.encode()) >= MAX_TERMINATION_BYTES:
             text = text.encode()[: MAX_TERMINATION_BYTES - 1].decode(errors="ignore")
         return text
