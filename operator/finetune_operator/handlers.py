@@ -3,12 +3,17 @@
 Why it exists: handlers are the only place where Kopf meets the operator's logic, and they stay
 thin so that the decisions remain testable without a cluster. Two triggers drive the same
 level-based reconcile: every watch event of a FineTuneJob (create, spec change, the trainer's
-status reports, resume after an operator restart) and a timer (deadlines, backoff, changes of the
-children, which are not watched). A per-object lock keeps the two from running one object at once.
+status reports, resume after an operator restart) and a periodic sweep over all FineTuneJobs
+(deadlines, backoff, changes of the children, which are not watched). A per-object lock keeps the
+two from running one object at once.
 
-Failure handling: transient API errors are retried with backoff (``kopf.TemporaryError`` from the
-timer); a child the API server rejects marks the job Failed (InvalidSpec) instead of looping; any
-other exception is logged, counted and reported as an Event, and never escapes to stop others.
+The sweep is a plain thread, not a Kopf timer, on purpose: Kopf timers put a finalizer on every
+object, so a FineTuneJob could not be deleted while the operator is down, and a job deleting
+itself from its own timer (ttlSecondsAfterFinished) was left hanging with its finalizer.
+
+Failure handling: transient API errors (409, 429, 5xx, timeouts) are retried with exponential
+backoff by the sweep; a child the API server rejects marks the job Failed (InvalidSpec) instead of
+looping; any other exception is logged, counted and reported as an Event, and never escapes to stop others.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,6 +50,8 @@ class Reconciler:
         self.serving = ServingKube(kube)
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
+        self._failures: dict[str, int] = {}  # uid -> consecutive transient failures
+        self._retry_at: dict[str, float] = {}  # uid -> monotonic time the sweep may retry
         self._guard = threading.Lock()
 
     def _lock(self, uid: str) -> threading.Lock:
@@ -55,27 +63,36 @@ class Reconciler:
             self._locks.pop(uid, None)
         metrics.forget(uid)
 
-    def run(self, body: Mapping[str, Any], *, retry: bool) -> None:
-        """Reconcile once; with ``retry``, transient failures raise kopf.TemporaryError."""
+    def run(self, body: Mapping[str, Any], *, from_sweep: bool = False) -> None:
+        """Reconcile once; never raises (one bad object never stops the others).
+
+        After a transient API error the sweep leaves the object alone for an exponentially
+        growing delay (1 s, 2 s, 4 s ... capped at 60 s); a watch event still reconciles it.
+        """
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid", ""))
+        if from_sweep and time.monotonic() < self._retry_at.get(uid, 0.0):
+            return
         lock = self._lock(uid)
         if not lock.acquire(blocking=False):
-            return  # a reconcile of this object is running; the timer re-checks soon
+            return  # a reconcile of this object is running; the sweep re-checks soon
         started = time.monotonic()
         try:
             self._run(body)
+            self._failures.pop(uid, None)
+            self._retry_at.pop(uid, None)
         except TransientApiError as exc:
             metrics.reconcile_errors.inc()
-            log.warning("%s/%s: %s (retrying)", meta.get("namespace"), meta.get("name"), exc)
-            if retry:
-                raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+            n = self._failures[uid] = self._failures.get(uid, 0) + 1
+            delay = min(60.0, max(exc.delay, 2.0 ** (n - 1)))
+            self._retry_at[uid] = time.monotonic() + delay
+            log.warning(
+                "%s/%s: %s (retry in %.0fs)", meta.get("namespace"), meta.get("name"), exc, delay
+            )
         except Exception as exc:
             metrics.reconcile_errors.inc()
             log.exception("%s/%s: reconcile failed", meta.get("namespace"), meta.get("name"))
             self._best_effort_event(body, Event("Warning", "ReconcileError", f"{exc}"[:900]))
-            if retry:
-                raise kopf.TemporaryError(str(exc), delay=self.settings.timer_interval) from exc
         finally:
             metrics.reconcile_duration.observe(time.monotonic() - started)
             lock.release()
@@ -136,9 +153,40 @@ class Reconciler:
             log.warning("could not post event %s: %s", event.reason, exc)
 
 
+class Sweeper:
+    """Reconcile every FineTuneJob every ``timer_interval`` seconds, a few at a time."""
+
+    def __init__(self, rec: Reconciler, workers: int = 4) -> None:
+        self.rec = rec
+        self.stop_event = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
+        self.thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        interval = self.rec.settings.timer_interval
+        while not self.stop_event.wait(interval):
+            try:
+                bodies = self.rec.kube.list_jobs(self.rec.settings.namespaces)
+            except Exception as exc:
+                metrics.reconcile_errors.inc()
+                log.warning("sweep: cannot list FineTuneJobs: %s", exc)
+                continue
+            futures = [self.pool.submit(self.rec.run, b, from_sweep=True) for b in bodies]
+            for f in futures:
+                f.exception()  # wait for the round; run() never raises
+
+
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube) -> Reconciler:
     """Register the handlers into ``registry``; returns the reconciler they share."""
     rec = Reconciler(kube, settings)
+    sweeper = Sweeper(rec)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -149,12 +197,16 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="kopf.finetune.dev", key="last-handled-configuration"
         )
-        settings.persistence.finalizer = "finetune.dev/kopf-finalizer"
         settings.posting.level = logging.WARNING  # our own Events tell the story
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         settings.execution.max_workers = 16
+        sweeper.start()
+
+    @kopf.on.cleanup(registry=registry)
+    def stop_sweeper(**_: Any) -> None:
+        sweeper.stop()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -167,17 +219,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: 
         if type == "DELETED":
             rec.forget(str(body.get("metadata", {}).get("uid", "")))
             return
-        rec.run(body, retry=False)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        registry=registry,
-        interval=settings.timer_interval,
-        backoff=settings.timer_interval,
-    )
-    def on_timer(body: kopf.Body, **_: Any) -> None:
-        rec.run(body, retry=True)
+        rec.run(body)
 
     return rec

@@ -57,14 +57,14 @@ class InvalidChildError(Exception):
 def _translate(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, ApiException):
         code = int(exc.status or 0)
-        body = str(exc.body or exc.reason or "")[:500]
+        body = str(exc.body or exc.reason or "")
         if code in (409, 429) or code >= 500 or code == 0:
             delay = 1.0 if code == 409 else 5.0
-            return TransientApiError(f"{what}: HTTP {code}: {body}", delay)
+            return TransientApiError(f"{what}: HTTP {code}: {body[:500]}", delay)
         if code in (400, 422):
             with contextlib.suppress(ValueError, AttributeError):
                 body = str(json.loads(body).get("message", body))
-            return InvalidChildError(f"{what}: {body}")
+            return InvalidChildError(f"{what}: {body[:700]}")
         return exc  # type: ignore[no-any-return]
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, TimeoutError)):
         return TransientApiError(f"{what}: {exc}", 5.0)
@@ -152,6 +152,33 @@ class Kube:
             PLURAL,
             name,
         )
+
+    def list_jobs(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every FineTuneJob in these namespaces (all namespaces when empty)."""
+        docs: list[dict[str, Any] | None]
+        if namespaces:
+            docs = [
+                self._raw(
+                    f"list FineTuneJobs in {ns}",
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    ns,
+                    PLURAL,
+                )
+                for ns in namespaces
+            ]
+        else:
+            docs = [
+                self._raw(
+                    "list FineTuneJobs",
+                    self.custom.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    PLURAL,
+                )
+            ]
+        return [item for doc in docs for item in (doc or {}).get("items") or []]
 
     def observe(self, body: Mapping[str, Any], now: datetime) -> Observed | None:
         """Read the FineTuneJob and everything it owns; None when the job no longer exists."""

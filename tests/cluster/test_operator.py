@@ -241,11 +241,17 @@ def test_full_success_path(
 
     with urllib.request.urlopen(operator_process.healthz_url, timeout=5) as r:
         assert r.status == 200
-    text = operator_process.metrics_text()
-    assert f'finetune_operator_jobs{{namespace="{ns}",phase="Succeeded"}} 1.0' in text
-    assert 'finetune_operator_phase_transitions_total{to="Training"}' in text
-    assert "finetune_operator_reconcile_duration_seconds_count" in text
-    assert "finetune_operator_time_to_training_seconds_count 1.0" in text
+    expected = [
+        f'finetune_operator_jobs{{namespace="{ns}",phase="Succeeded"}} 1.0',
+        'finetune_operator_phase_transitions_total{to="Training"}',
+        "finetune_operator_reconcile_duration_seconds_count",
+        "finetune_operator_time_to_training_seconds_count 1.0",
+    ]
+    wait_for(
+        lambda: all(x in operator_process.metrics_text() for x in expected),
+        timeout=30,
+        message=f"operator metrics {expected}",
+    )
 
 
 def test_gang_restart_after_pod_failure(
@@ -464,3 +470,67 @@ def test_twenty_jobs_at_once(
         timeout=30,
         message="jobs gauge at 20 Succeeded",
     )
+
+
+def test_bad_data_failure_then_ttl_deletes_the_job(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    apply(
+        cp,
+        ns,
+        manifest(
+            "shortlived",
+            distributed={"nodes": 1, "gpusPerNode": 1},
+            runPolicy={"ttlSecondsAfterFinished": 4},
+        ),
+    )
+    (pod,) = wait_gang_running(cp, ns, "shortlived", 1)
+    set_pod_result(cp, ns, pod["metadata"]["name"], 65, "bad row")
+    wait_phase(cp, ns, "shortlived", "Failed", 60)
+    wait_for(
+        lambda: get(cp, ns, "finetunejob", "shortlived") is None,
+        timeout=60,
+        message="FineTuneJob deleted by ttlSecondsAfterFinished",
+    )
+
+
+def test_kueue_queue_creates_the_job_suspended(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    apply(cp, ns, manifest("queued", runPolicy={"queueName": "team-a"}))
+    st = wait_for(
+        lambda: (s := status(cp, ns, "queued")).get("reason") == "Queued" and s,
+        timeout=60,
+        message="phase Pending, reason Queued",
+    )
+    assert st["phase"] == "Pending"
+    job = get(cp, ns, "job", "queued-train")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert not pods(cp, ns, "queued")
+    # Kueue admits by unsuspending the Job; the operator follows.
+    cp.kubectl(
+        "patch", "job", "queued-train", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_gang_running(cp, ns, "queued", 2)
+    wait_phase(cp, ns, "queued", "Initializing", 60)
+
+
+def test_child_rejected_by_the_api_fails_invalid_spec_once(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    # Passes the CRD (tolerations are free-form there) but the Job's pod template is invalid.
+    bad = [{"key": "gpu", "operator": "Sometimes", "effect": "NoSchedule"}]
+    apply(cp, ns, manifest("badres", template={"tolerations": bad}))
+    st = wait_phase(cp, ns, "badres", "Failed", 60)
+    assert st["reason"] == "InvalidSpec" and "tolerations[0].operator" in st["message"], st
+    time.sleep(3)  # several timer ticks: no retry loop, one event
+    invalid = [e for e in events(cp, ns, "badres") if e["reason"] == "InvalidSpec"]
+    assert len(invalid) == 1 and invalid[0].get("count", 1) == 1
+    assert get(cp, ns, "job", "badres-train") is None
+    # The operator keeps serving other jobs.
+    apply(cp, ns, manifest("fine", distributed={"nodes": 1, "gpusPerNode": 1}))
+    wait_phase(cp, ns, "fine", "Initializing", 60)
