@@ -103,11 +103,29 @@ class ProgressLog:
 class StatusPatcher:
     """Merge-patches ``status`` of one FineTuneJob through the status subresource."""
 
-    def __init__(self, job: JobRef) -> None:
-        from kubernetes import client, config
+    def __init__(
+        self,
+        job: JobRef,
+        *,
+        token_file: str | None = None,
+        ca_file: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        """In-cluster credentials: the pod's ServiceAccount token and CA, KUBERNETES_SERVICE_*.
 
-        config.load_incluster_config()
-        self._api = client.CustomObjectsApi()
+        The paths and environment default to the standard in-cluster ones; tests point them at
+        a token minted for the job's ServiceAccount on a real API server.
+        """
+        from kubernetes import client
+        from kubernetes.config import incluster_config
+
+        configuration = client.Configuration()
+        incluster_config.InClusterConfigLoader(
+            token_filename=token_file or incluster_config.SERVICE_TOKEN_FILENAME,
+            cert_filename=ca_file or incluster_config.SERVICE_CERT_FILENAME,
+            environ=os.environ if environ is None else environ,
+        ).load_and_set(configuration)
+        self._api = client.CustomObjectsApi(client.ApiClient(configuration))
         self._job = job
 
     def patch(self, status: dict[str, Any]) -> None:
