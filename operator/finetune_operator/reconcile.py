@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+GPU_SECONDS_STEP = 60
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -341,6 +342,13 @@ class _Builder:
             generation=gen if isinstance(gen, int) else None,
         )
         self.set("conditions", conds)
+        # gpuSeconds grows every second while pods run: written alone it is written at most every
+        # GPU_SECONDS_STEP, so that the operator's own status patches do not feed back into a
+        # watch-event → reconcile → patch loop.
+        if set(self.patch) == {"gpuSeconds"}:
+            old = self.status.get("gpuSeconds")
+            if isinstance(old, int) and 0 <= self.patch["gpuSeconds"] - old < GPU_SECONDS_STEP:
+                del self.patch["gpuSeconds"]
         if (old_phase, old_reason) != (phase, reason):
             etype = "Warning" if phase == "Failed" or reason in WARNING_REASONS else "Normal"
             prefix = f"{old_phase or 'New'} → {phase}" if old_phase != phase else phase

@@ -423,3 +423,13 @@ def test_condition_transition_time_is_kept_while_status_is_unchanged() -> None:
     second = {c["type"]: c for c in w.body["status"]["conditions"]}
     assert second["Reconciling"]["lastTransitionTime"] == first["Reconciling"]["lastTransitionTime"]
     assert all(c["observedGeneration"] == 1 for c in second.values())
+
+
+def test_gpu_seconds_alone_do_not_cause_a_patch_every_second() -> None:
+    w = World(ftj())
+    w.step(T0)
+    w.pods_running(T0)
+    w.step(T0 + timedelta(seconds=1))
+    assert w.step(T0 + timedelta(seconds=20)).status_patch == {}  # +38 GPU-s: not worth a write
+    d = w.step(T0 + timedelta(seconds=40))  # 2 pods x 40 s = 80 GPU-s, 78 more than written
+    assert d.status_patch == {"gpuSeconds": 80}
