@@ -54,7 +54,7 @@ class CheckpointPublisher(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         step = state.global_step
-        local = Path(args.output_dir) / f"checkpoint-{step}"
+        local = Path(args.output_dir or ".") / f"checkpoint-{step}"
         uri = checkpoint_uri(self.config.checkpoints_uri, step)
         _barrier()  # every rank of this node finished writing its shard files
         if state.is_local_process_zero and local.is_dir():

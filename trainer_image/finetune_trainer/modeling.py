@@ -152,7 +152,7 @@ def load_base_model(
         compute = (
             torch.bfloat16 if config.spec.hyperparameters.precision == "bf16" else torch.float16
         )
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -175,7 +175,7 @@ def load_base_model(
         if isinstance(tokenizer_pad, list):
             tokenizer_pad = tokenizer_pad[0]
         model.config.pad_token_id = tokenizer_pad
-    return model
+    return model  # type: ignore[no-any-return]
 
 
 def peft_task_type(task: str) -> str:
@@ -203,7 +203,7 @@ def apply_method(config: TrainerConfig, model: PreTrainedModel) -> Any:
             list(lora.target_modules),
         )
     if method.type == "qlora":
-        model = prepare_model_for_kbit_training(
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model,
             use_gradient_checkpointing=config.spec.hyperparameters.gradient_checkpointing,
         )
