@@ -198,18 +198,16 @@ def decide(
             {"endpoint": url, "promoted": False, "ready": False},
         )
     dep = obs.deployment
-    dep_meta = (dep or {}).get("metadata") or {}
-    if (
-        dep is not None
-        and (dep_meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != MANAGED_BY
-    ):
-        return ServingDecision(
-            "Failed",
-            "EndpointConflict",
-            f"training succeeded, but Deployment {endpoint!r} exists and is not managed by "
-            "finetune-operator; choose another spec.serving.endpoint or remove that Deployment",
-            {"endpoint": url, "promoted": False, "ready": False},
-        )
+    for kind, obj in (("Deployment", dep), ("Service", obs.service)):
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        if obj is not None and labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
+            return ServingDecision(
+                "Failed",
+                "EndpointConflict",
+                f"training succeeded, but {kind} {endpoint!r} exists and is not managed by "
+                f"finetune-operator; choose another spec.serving.endpoint or remove that {kind}",
+                {"endpoint": url, "promoted": False, "ready": False},
+            )
     champion = champion_of(dep)
     metric = spec.serving.promote.metric
     results = _results(status)

@@ -203,6 +203,9 @@ def test_a_deployment_not_managed_by_us_is_a_conflict() -> None:
     d = decide(ident("v1"), spec(), status("v1", "0.5"), EndpointObservation(foreign), T0)
     assert (d.phase, d.reason) == ("Failed", "EndpointConflict") and d.actions == []
     assert "spec.serving.endpoint" in d.message
+    svc = {"metadata": {"name": "bot", "labels": {}}, "spec": {}}
+    d = decide(ident("v1"), spec(), status("v1", "0.5"), EndpointObservation(None, svc), T0)
+    assert (d.reason, d.actions) == ("EndpointConflict", []) and "Service 'bot'" in d.message
 
 
 # ---------------------------------------------------------------------- champion/challenger
