@@ -127,6 +127,8 @@ def test_download_skips_unchanged_files(s3_store: Store, s3_bucket: str, tmp_pat
     calls: list[tuple[int, int]] = []
     s3_store.download(uri, tmp_path / "dst", progress=lambda d, t: calls.append((d, t)))
     assert calls[-1][0] == calls[-1][1] == 300_000 + 70_000 + 6 + 23
+    done = [d for d, _ in calls]
+    assert done == sorted(done)  # reported in order, though transfers run in parallel
 
     before = COUNTERS.snapshot()["bytes_pulled"]
     calls.clear()

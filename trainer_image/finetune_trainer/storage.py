@@ -16,7 +16,8 @@ Why it exists: every byte a FineTuneJob reads (base model, datasets, checkpoints
 - Failures raise ``StorageError`` whose message names the bucket/URI and says what to do.
 
 Bytes moved are counted in ``COUNTERS`` (read by the trainer's metrics: bytes pulled/pushed).
-``progress(bytes_done, bytes_total)`` callbacks may be called from transfer worker threads.
+``progress(bytes_done, bytes_total)`` callbacks are called from transfer worker threads, one at a
+time and in order (keep them cheap).
 """
 
 from __future__ import annotations
@@ -229,12 +230,12 @@ class _Progress:
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
+        self._counter(n)
+        # the callback runs under the lock, so it sees bytes_done in order and never concurrently
         with self._lock:
             self.done += n
-            done = self.done
-        self._counter(n)
-        if self._fn is not None:
-            self._fn(max(0, min(done, self.total)), self.total)
+            if self._fn is not None:
+                self._fn(max(0, min(self.done, self.total)), self.total)
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
