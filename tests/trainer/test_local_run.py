@@ -37,7 +37,10 @@ def _env() -> dict[str, str]:
 def _manifest(repo_root: Path, name: str, dest: Path, **hyper: Any) -> Path:
     """A copy of examples/<name> with some hyperparameters/checkpointing changed."""
     doc = yaml.safe_load((repo_root / "examples" / name).read_text())
-    doc["spec"]["hyperparameters"].update(hyper.pop("hyperparameters", {}))
+    changes = hyper.pop("hyperparameters", {})
+    if "maxSteps" in changes:
+        doc["spec"]["hyperparameters"].pop("epochs", None)  # one or the other
+    doc["spec"]["hyperparameters"].update(changes)
     for key, value in hyper.items():
         doc["spec"][key] = value
     path = dest / name
