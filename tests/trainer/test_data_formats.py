@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from finetune_operator.api import FineTuneJobSpec
 from finetune_trainer.config import JobRef, TrainerConfig
-from finetune_trainer.data import mix_counts, prepare_data, split_indices
+from finetune_trainer.data import DataValidationError, mix_counts, prepare_data, split_indices
 from finetune_trainer.formats import DEFAULT_CHAT_TEMPLATE
 from finetune_trainer.tokenization import IGNORE_INDEX
 from transformers import AutoTokenizer
@@ -395,3 +395,39 @@ def test_eval_datasets_and_fewshot_pool(tmp_path: Path, tok: Any) -> None:
     assert tok.decode(data.test[0]["input_ids"]) == "q a</s>"
     assert len(data.train_examples) == 3
     assert data.eval_records["holdout"] == [{"prompt": "q", "completion": " a"}]
+
+
+def test_chat_template_errors_name_the_row(tmp_path: Path, tok: Any) -> None:
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    bad = {"messages": [{"role": "system", "content": "x"}, *ok["messages"]]}
+    f = jsonl(tmp_path / "chat.jsonl", [ok, bad, ok])
+    cfg = make_config([{"name": "d", "uri": str(f), "format": "chat"}])
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(cfg, tok, {"dataset:d": f})
+    assert err.value.problems == [
+        f"{f}:2: the tokenizer's chat template cannot render this conversation: "
+        "System role not supported"
+    ]
+
+
+def test_chat_starting_with_assistant(tmp_path: Path, tok: Any) -> None:
+    data = prepare_one(
+        tmp_path,
+        tok,
+        "chat",
+        [
+            {
+                "messages": [
+                    {"role": "assistant", "content": "Welcome!"},
+                    {"role": "user", "content": "thanks"},
+                ]
+            }
+        ],
+    )
+    assert trained_text(tok, data.train[0]) == "Welcome!<|end|>\n"

@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import TrainerConfig
 from .datafiles import FileProblem, Location, display_name, list_data_files, read_rows
@@ -46,6 +46,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "DataReport",
     "DataValidationError",
+    "Item",
     "PreparedData",
     "Source",
     "mix_counts",
@@ -349,11 +350,19 @@ def _sample(rows: list[Any], count: int, rng: random.Random) -> list[Any]:
     return rows * repeats + rng.sample(rows, remainder)
 
 
+class Item(NamedTuple):
+    """One validated row on its way to the tokenizer (the location for late errors)."""
+
+    format: str
+    record: dict[str, Any]
+    location: Location
+
+
 @dataclass
 class _Splits:
-    train: list[tuple[str, dict[str, Any]]]  # (format, record), mixed and shuffled
-    validation: list[tuple[str, dict[str, Any]]]
-    evals: dict[str, tuple[str, list[dict[str, Any]]]]  # name -> (format, records)
+    train: list[Item]  # mixed and shuffled
+    validation: list[Item]
+    evals: dict[str, tuple[str, list[Item]]]  # name -> (format, rows)
 
 
 def _split_and_mix(config: TrainerConfig, collected: _Collected) -> _Splits:
@@ -362,11 +371,11 @@ def _split_and_mix(config: TrainerConfig, collected: _Collected) -> _Splits:
     ratio = None
     if spec.validation is not None and spec.validation.split_ratio and not spec.validation.uri:
         ratio = float(spec.validation.split_ratio)
-    train_parts: list[list[tuple[str, dict[str, Any]]]] = []
+    train_parts: list[list[Item]] = []
     weights: list[float] = []
-    validation: list[tuple[str, dict[str, Any]]] = []
+    validation: list[Item] = []
     for i, src in enumerate(s for s in collected.sources if s.key.startswith("dataset:")):
-        rows = [(src.format, rec) for _, rec in collected.records[src.key]]
+        rows = [Item(src.format, rec, loc) for loc, rec in collected.records[src.key]]
         if ratio is not None:
             tr, va = split_indices(len(rows), ratio, seed + i)
             validation.extend(rows[j] for j in va)
@@ -386,9 +395,12 @@ def _split_and_mix(config: TrainerConfig, collected: _Collected) -> _Splits:
     rng.shuffle(train)
     for src in collected.sources:
         if src.key == "validation":
-            validation = [(src.format, rec) for _, rec in collected.records[src.key]]
+            validation = [Item(src.format, rec, loc) for loc, rec in collected.records[src.key]]
     evals = {
-        src.name: (src.format, [rec for _, rec in collected.records[src.key]])
+        src.name: (
+            src.format,
+            [Item(src.format, rec, loc) for loc, rec in collected.records[src.key]],
+        )
         for src in collected.sources
         if src.key.startswith("eval:")
     }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import TrainerConfig
-from .data import DataReport, PreparedData
+from .data import DataReport, DataValidationError, Item, PreparedData
 from .tokenization import (
     IGNORE_INDEX,
     CausalCollator,
@@ -31,7 +31,8 @@ __all__ = ["build_prepared", "encode_causal_rows"]
 
 log = logging.getLogger(__name__)
 
-Rows = Sequence[tuple[str, dict[str, Any]]]
+Rows = Sequence[Item]
+Evals = dict[str, tuple[str, list[Item]]]
 
 
 def build_prepared(
@@ -39,23 +40,28 @@ def build_prepared(
     tokenizer: Any,
     train: Rows,
     validation: Rows,
-    evals: dict[str, tuple[str, list[dict[str, Any]]]],
+    evals: Evals,
     labels: list[str] | None,
     report: DataReport,
 ) -> PreparedData:
     spec = config.spec
     fmt = spec.datasets[0].format
     shots = spec.evaluation.baseline.few_shot if spec.evaluation.baseline else 0
-    eval_records = {"validation": [r for _, r in validation]}
-    eval_records.update({name: recs for name, (_, recs) in evals.items()})
+    eval_records = {"validation": [it.record for it in validation]}
+    eval_records.update({name: [it.record for it in items] for name, (_, items) in evals.items()})
     common = {
         "task": spec.task,
         "format": fmt,
         "labels": labels,
         "report": report,
-        "train_examples": [r for f, r in train if f == fmt][:shots],
+        "train_examples": [it.record for it in train if it.format == fmt][:shots],
         "eval_records": eval_records,
     }
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        if getattr(tokenizer, "eos_token", None) is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+        report.warnings.append("tokenizer has no pad token: using its EOS token for padding")
     if spec.task == "causal-lm":
         return _causal(config, tokenizer, train, validation, evals, common)
     if spec.task == "sequence-classification":
@@ -81,10 +87,18 @@ def encode_causal_rows(
     texts: list[Encoded] = []
     others: list[Encoded] = []
     truncated = dropped = 0
-    for fmt, rec in rows:
+    problems: list[str] = []
+    for fmt, rec, where in rows:
+        try:
+            segments = causal_segments(fmt, rec, tokenizer)
+        except Exception as exc:  # jinja2 raises its own types (e.g. roles must alternate)
+            problems.append(
+                f"{where}: the tokenizer's chat template cannot render this conversation: {exc}"
+            )
+            continue
         enc = encode_segments(
             tokenizer,
-            causal_segments(fmt, rec, tokenizer),
+            segments,
             add_special_tokens=fmt != "chat",  # chat templates add their own BOS
             add_eos=fmt != "chat",  # ... and their own end-of-turn markers
         )
@@ -98,6 +112,8 @@ def encode_causal_rows(
             dropped += 1
             continue
         others.append(enc)
+    if problems:
+        raise DataValidationError(problems)
     if truncated:
         warnings.append(f"{what}: {truncated} rows longer than maxSeqLength {max_len} truncated")
     if dropped:
@@ -123,15 +139,12 @@ def _causal(
     tokenizer: Any,
     train: Rows,
     validation: Rows,
-    evals: dict[str, tuple[str, list[dict[str, Any]]]],
+    evals: Evals,
     common: dict[str, Any],
 ) -> PreparedData:
     report: DataReport = common["report"]
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        tokenizer.pad_token = tokenizer.eos_token
-        report.warnings.append("tokenizer has no pad token: using its EOS token for padding")
     defaulted = False
-    if any(f == "chat" for f, _ in train) or any(f == "chat" for f, _ in evals.values()):
+    if any(it.format == "chat" for it in train) or any(f == "chat" for f, _ in evals.values()):
         defaulted = ensure_chat_template(tokenizer)
         if defaulted:
             report.warnings.append(
@@ -142,8 +155,8 @@ def _causal(
     train_rows = encode_causal_rows(config, tokenizer, train, w, "training data")
     val_rows = encode_causal_rows(config, tokenizer, validation, w, "validation data")
     tests = {
-        name: _dataset(encode_causal_rows(config, tokenizer, [(f, r) for r in recs], w, name))
-        for name, (f, recs) in evals.items()
+        name: _dataset(encode_causal_rows(config, tokenizer, items, w, name))
+        for name, (_, items) in evals.items()
     }
     for msg in w:
         log.warning("%s", msg)
@@ -166,7 +179,7 @@ def _classification(
     tokenizer: Any,
     train: Rows,
     validation: Rows,
-    evals: dict[str, tuple[str, list[dict[str, Any]]]],
+    evals: Evals,
     common: dict[str, Any],
 ) -> PreparedData:
     from transformers import DataCollatorWithPadding
@@ -189,11 +202,11 @@ def _classification(
 
         return datasets.Dataset.from_dict(feats)
 
-    train_ds = encode([r for _, r in train])
+    train_ds = encode([it.record for it in train])
     return PreparedData(
         train=train_ds,
-        eval=encode([r for _, r in validation]),
-        tests={name: encode(recs) for name, (_, recs) in evals.items()},
+        eval=encode([it.record for it in validation]),
+        tests={name: encode([it.record for it in items]) for name, (_, items) in evals.items()},
         collator=DataCollatorWithPadding(tokenizer),
         num_train_tokens=sum(sum(m) for m in train_ds["attention_mask"]),
         **common,
@@ -208,7 +221,7 @@ def _ner(
     tokenizer: Any,
     train: Rows,
     validation: Rows,
-    evals: dict[str, tuple[str, list[dict[str, Any]]]],
+    evals: Evals,
     common: dict[str, Any],
 ) -> PreparedData:
     from transformers import DataCollatorForTokenClassification
@@ -233,11 +246,13 @@ def _ner(
             )
         return _dataset(feats)
 
-    train_ds = encode([r for _, r in train], "training data")
+    train_ds = encode([it.record for it in train], "training data")
     return PreparedData(
         train=train_ds,
-        eval=encode([r for _, r in validation], "validation data"),
-        tests={name: encode(recs, name) for name, (_, recs) in evals.items()},
+        eval=encode([it.record for it in validation], "validation data"),
+        tests={
+            name: encode([it.record for it in items], name) for name, (_, items) in evals.items()
+        },
         collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX),
         num_train_tokens=sum(len(x) for x in train_ds["input_ids"]),
         **common,

@@ -71,6 +71,14 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]], *, gen: bool) -
     return str(text)
 
 
+def _opening(tokenizer: Any) -> str:
+    """What a template renders before the first message (BOS, default system prompt...)."""
+    try:
+        return _render_chat(tokenizer, [], gen=True)
+    except Exception:  # templates may refuse an empty conversation
+        return ""
+
+
 def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[Segment]:
     """A conversation rendered by the chat template, split into masked and trained segments.
 
@@ -83,9 +91,9 @@ def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[Segmen
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        prompt = _render_chat(tokenizer, messages[:i], gen=True) if i else ""
+        prompt = _render_chat(tokenizer, messages[:i], gen=True) if i else _opening(tokenizer)
         full = _render_chat(tokenizer, messages[: i + 1], gen=False)
-        if not prompt.startswith(done) or not full.startswith(prompt):
+        if not prompt.startswith(done) or not full.startswith(prompt) or (i == 0 and not prompt):
             # A template that rewrites earlier turns (e.g. drops reasoning): fall back to
             # locating the assistant content in the full rendering.
             start = full.find(msg["content"], len(done))
@@ -158,9 +166,13 @@ def encode_segments(
             ids.extend(seg_ids)
             labels.extend(seg_ids if trained else [IGNORE_INDEX] * len(seg_ids))
     eos = getattr(tokenizer, "eos_token_id", None)
-    if add_eos and eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-        labels.append(eos)
+    if add_eos and eos is not None:
+        if ids and ids[-1] == eos:  # the tokenizer appended it (as a special token)
+            if segments and segments[-1][1]:
+                labels[-1] = eos
+        else:
+            ids.append(eos)
+            labels.append(eos)
     return Encoded(ids, labels)
 
 
