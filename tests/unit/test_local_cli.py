@@ -91,3 +91,34 @@ def test_demo_refuses_tasks_it_has_no_data_for(
     )
     assert _run(tmp_path, manifest, "--demo") == 2
     assert "--demo generates data" in capsys.readouterr().err
+
+
+def test_completed_run_is_not_trained_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from finetune_operator.local import load_job
+    from finetune_trainer.config import spec_hash
+    from finetune_trainer.storage import Store
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "train.jsonl").write_text('{"text": "hello"}\n')
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD)
+    job = load_job(path)
+    run_id = f"tiny-{spec_hash(job.spec)[:8]}"
+    run = tmp_path / "out" / "runs" / run_id
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "metrics.json").write_text("{}")
+    Store().push_run(staged, str(run) + "/")  # what the trainer publishes, _SUCCESS last
+    assert Store().is_complete(str(run) + "/"), "fixture: a complete run"
+    code = main(["run", str(path), "--workdir", "work", "--status-out", "status.json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "already completed" in out and "--fresh" in out
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["phase"] == "Succeeded" and status["runId"] == run_id
