@@ -534,3 +534,30 @@ def test_child_rejected_by_the_api_fails_invalid_spec_once(
     # The operator keeps serving other jobs.
     apply(cp, ns, manifest("fine", distributed={"nodes": 1, "gpusPerNode": 1}))
     wait_phase(cp, ns, "fine", "Initializing", 60)
+
+
+def test_sigkill_during_gang_restart_gives_exactly_one_new_gang(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    apply(cp, ns, manifest("phoenix", distributed={"nodes": 2, "gpusPerNode": 1}))
+    first = wait_gang_running(cp, ns, "phoenix", 2, attempt=1)
+    set_pod_result(cp, ns, first[0]["metadata"]["name"], 1, "segfault")
+    # The restart decision is written to status before the Job is replaced: kill right then.
+    wait_for(
+        lambda: status(cp, ns, "phoenix").get("attempts") == 2,
+        timeout=60,
+        interval=0.05,
+        message="attempts 2 written",
+    )
+    operator_process.kill()
+    operator_process.start()
+    wait_gang_running(cp, ns, "phoenix", 2, attempt=2)
+    time.sleep(3)  # a few sweeps: nothing more may happen
+    st = status(cp, ns, "phoenix")
+    assert st["attempts"] == 2, st
+    jobs = [j for j in get(cp, ns, "jobs")["items"] if j["metadata"]["name"] == "phoenix-train"]
+    assert len(jobs) == 1 and jobs[0]["metadata"]["labels"]["finetune.dev/attempt"] == "2"
+    live = pods(cp, ns, "phoenix")
+    assert len(live) == 2
+    assert {p["metadata"]["labels"]["finetune.dev/attempt"] for p in live} == {"2"}
