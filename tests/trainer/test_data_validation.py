@@ -360,3 +360,23 @@ def test_warnings_duplicates_leakage_imbalance(tmp_path: Path) -> None:
         "training labels are imbalanced (more than 10:1): neg=1, pos=23; accuracy alone will "
         "flatter the model, watch eval_f1",
     ]
+
+
+def test_validation_needs_no_torch(tmp_path: Path) -> None:
+    """launch validates before torchrun starts: the validation path must not import torch."""
+    import subprocess
+    import sys
+
+    f = jsonl(tmp_path / "a.jsonl", [{"text": "hello"}])
+    code = (
+        "import sys\n"
+        "from tests.trainer.test_data_validation import one\n"
+        "from finetune_trainer.data import validate_data\n"
+        f"cfg, files = one(__import__('pathlib').Path({str(f)!r}), 'text')\n"
+        "assert validate_data(cfg, files).rows == {'dataset:d': 1}\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
