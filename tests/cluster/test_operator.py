@@ -561,3 +561,47 @@ def test_sigkill_during_gang_restart_gives_exactly_one_new_gang(
     live = pods(cp, ns, "phoenix")
     assert len(live) == 2
     assert {p["metadata"]["labels"]["finetune.dev/attempt"] for p in live} == {"2"}
+
+
+def test_active_deadline_fails_and_frees_the_pods(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    apply(
+        cp,
+        ns,
+        manifest(
+            "slow",
+            distributed={"nodes": 1, "gpusPerNode": 1},
+            runPolicy={"activeDeadlineSeconds": 6},
+        ),
+    )
+    wait_gang_running(cp, ns, "slow", 1)
+    st = wait_phase(cp, ns, "slow", "Failed", 60)
+    assert st["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds=6" in st["message"]
+    wait_for(lambda: not pods(cp, ns, "slow"), timeout=60, message="pods removed")
+
+
+def test_from_job_waits_for_the_base_job_and_uses_its_output(
+    control_plane: Any, namespace: str, operator_process: Any, s3_secret: str
+) -> None:
+    cp, ns = control_plane, namespace
+    v2 = manifest("v2", distributed={"nodes": 1, "gpusPerNode": 1})
+    v2["spec"]["baseModel"] = {"fromJob": "v1"}
+    apply(cp, ns, v2)
+    st = wait_for(
+        lambda: (s := status(cp, ns, "v2")).get("reason") == "WaitingForBaseJob" and s,
+        timeout=60,
+        message="v2 waiting for v1",
+    )
+    assert st["phase"] == "Pending" and get(cp, ns, "job", "v2-train") is None
+    apply(cp, ns, manifest("v1", distributed={"nodes": 1, "gpusPerNode": 1}))
+    (pod,) = wait_gang_running(cp, ns, "v1", 1)
+    Trainer(cp, ns, "v1").report(
+        "done", 100, artifacts={"uri": "s3://artifacts/team-a/bot/runs/v1-x/"}
+    )
+    set_pod_result(cp, ns, pod["metadata"]["name"], 0)
+    wait_phase(cp, ns, "v1", "Succeeded", 60)
+    wait_gang_running(cp, ns, "v2", 1)
+    cfg = json.loads(get(cp, ns, "configmap", "v2-config")["data"]["config.json"])
+    assert cfg["baseModelUri"] == "s3://artifacts/team-a/bot/runs/v1-x/"
