@@ -49,6 +49,7 @@ __all__ = [
     "Item",
     "PreparedData",
     "Source",
+    "job_sources",
     "mix_counts",
     "prepare_data",
     "split_indices",

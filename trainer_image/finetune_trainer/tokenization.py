@@ -33,6 +33,7 @@ __all__ = [
     "CausalCollator",
     "Encoded",
     "causal_segments",
+    "chat_segments",
     "encode_classification",
     "encode_ner",
     "encode_segments",
