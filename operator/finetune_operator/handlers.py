@@ -89,6 +89,10 @@ class Reconciler:
             log.warning(
                 "%s/%s: %s (retry in %.0fs)", meta.get("namespace"), meta.get("name"), exc, delay
             )
+            if n == 1 and "HTTP 409" not in str(exc):  # conflicts are routine: no Event for them
+                self._best_effort_event(
+                    body, Event("Warning", "ApiError", f"{exc} (retrying with backoff)"[:900])
+                )
         except Exception as exc:
             metrics.reconcile_errors.inc()
             log.exception("%s/%s: reconcile failed", meta.get("namespace"), meta.get("name"))
