@@ -380,3 +380,16 @@ def test_validation_needs_no_torch(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_json_single_object_is_explained(tmp_path: Path) -> None:
+    f = tmp_path / "wrapped.json"
+    f.write_text(json.dumps({"data": [{"text": "a"}, {"text": "b"}]}, indent=2))
+    cfg, files = one(f, "text")
+    assert problems_of(cfg, files) == [
+        f"{f}: holds a single JSON object (its key 'data' holds a list), not rows: write a JSON "
+        "array of objects [{...}, {...}] or JSON Lines (one object per line)"
+    ]
+    # One object on one line is a one-row JSON Lines file.
+    f.write_text(json.dumps({"text": "a"}))
+    assert validate_data(cfg, files).rows == {"dataset:d": 1}

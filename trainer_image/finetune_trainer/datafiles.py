@@ -193,6 +193,16 @@ def _read_json(path: Path, name: str) -> Iterator[Row | FileProblem]:
         yield FileProblem(name, "file is empty: it holds no rows")
         return
     if stripped[0] != "[":
+        whole = _try_json(text)
+        if isinstance(whole, dict) and "\n" in stripped.strip():
+            lists = [k for k, v in whole.items() if isinstance(v, list)]
+            hint = f" (its key {lists[0]!r} holds a list)" if lists else ""
+            yield FileProblem(
+                name,
+                f"holds a single JSON object{hint}, not rows: write a JSON array of objects "
+                "[{...}, {...}] or JSON Lines (one object per line)",
+            )
+            return
         # A .json file holding one object per line is common; read it as JSON Lines.
         yield from _read_jsonl(path, name)
         return
@@ -223,6 +233,13 @@ def _read_json(path: Path, name: str) -> Iterator[Row | FileProblem]:
         return
     if count == 0:
         yield FileProblem(name, "the JSON array is empty: no rows")
+
+
+def _try_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _skip_ws(text: str, pos: int) -> int:
