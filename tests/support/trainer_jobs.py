@@ -25,7 +25,24 @@ __all__ = [
     "write_completion_data",
 ]
 
-_WORDS = ["the", "cat", "dog", "sat", "on", "mat", "happy", "sad", "movie", "great", "film", "bad", "good", "red", "blue", "green"]
+_WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "happy",
+    "sad",
+    "movie",
+    "great",
+    "film",
+    "bad",
+    "good",
+    "red",
+    "blue",
+    "green",
+]
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ def _series(progress: Path) -> dict[int, dict[str, float]]:
 def _setup(
     tmp_path: Path, name: str, s3_store: Store, bucket: str, endpoint: str, tiny_llama_dir: Path
 ) -> Path:
-    train, val = write_completion_data(tmp_path / "data")
+    train, _val = write_completion_data(tmp_path / "data")
     prefix = f"s3://{bucket}"
     s3_store.upload(tiny_llama_dir, f"{prefix}/models/tiny/")
     s3_store.upload(train, f"{prefix}/data/train.jsonl")
