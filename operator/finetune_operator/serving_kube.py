@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from finetune_operator.kube import TIMEOUT, Kube, _translate
 from finetune_operator.reconcile import Observed
 from finetune_operator.serving import EndpointObservation, ServingAction, ServingPatch, ServingPut
-from finetune_operator.serving_manifests import ANN_PREVIOUS, Champion
+from finetune_operator.serving_manifests import ANN_PREVIOUS, Champion, champion_of
 from finetune_operator.status import TERMINAL_PHASES
 
 __all__ = ["ServingKube", "replacement_patch"]
@@ -70,8 +70,17 @@ class ServingKube:
         spec = body.get("spec") or {}
         serving = spec.get("serving") or {}
         st = body.get("status") or {}
-        champion = st.get("phase") == "Succeeded" and (st.get("serving") or {}).get("promoted")
-        if not serving.get("enabled") or (st.get("phase") in TERMINAL_PHASES and not champion):
+        phase = st.get("phase")
+        champion = phase == "Succeeded" and (st.get("serving") or {}).get("promoted")
+        job_done = any(
+            c.get("type") in ("Complete", "SuccessCriteriaMet") and c.get("status") == "True"
+            for c in ((obs.job or {}).get("status") or {}).get("conditions") or []
+        )
+        # Only when the serving decision can be near (no extra reads during hours of training).
+        active = phase not in TERMINAL_PHASES and (
+            job_done or phase in ("Evaluating", "Uploading", "Deploying")
+        )
+        if not serving.get("enabled") or not (champion or active):
             return obs
         meta = body.get("metadata") or {}
         ns = str(meta.get("namespace"))
@@ -83,7 +92,9 @@ class ServingKube:
         alive = False
         ann = ((dep or {}).get("metadata") or {}).get("annotations") or {}
         previous = Champion.from_json(ann.get(ANN_PREVIOUS))
-        if previous is not None and previous.job:
+        current = champion_of(dep)
+        rolling_out = active and current is not None and current.uid == meta.get("uid")
+        if rolling_out and previous is not None and previous.job:  # a rollback may need it
             other = self.kube.read_job_resource(ns, previous.job)
             alive = other is not None and (other.get("metadata") or {}).get("uid") == previous.uid
         endpoint = EndpointObservation(deployment=dep, service=svc, previous_owner_exists=alive)
