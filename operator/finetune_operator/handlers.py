@@ -10,6 +10,8 @@ two from running one object at once.
 The sweep is a plain thread, not a Kopf timer, on purpose: Kopf timers put a finalizer on every
 object, so a FineTuneJob could not be deleted while the operator is down, and a job deleting
 itself from its own timer (ttlSecondsAfterFinished) was left hanging with its finalizer.
+Because Kopf's peering pauses only its own handlers, the sweep asks a gate (ha.PeeringGate) before
+each round and acts only in the active replica, so a standby neither writes nor posts Events.
 
 Failure handling: transient API errors (409, 429, 5xx, timeouts) are retried with exponential
 backoff by the sweep; a child the API server rejects marks the job Failed (InvalidSpec) instead of
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -160,8 +162,11 @@ class Reconciler:
 class Sweeper:
     """Reconcile every FineTuneJob every ``timer_interval`` seconds, a few at a time."""
 
-    def __init__(self, rec: Reconciler, workers: int = 4) -> None:
+    def __init__(
+        self, rec: Reconciler, workers: int = 4, active: Callable[[], bool] | None = None
+    ) -> None:
         self.rec = rec
+        self.active = active or (lambda: True)
         self.stop_event = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
         self.thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
@@ -177,6 +182,12 @@ class Sweeper:
         interval = self.rec.settings.timer_interval
         while not self.stop_event.wait(interval):
             try:
+                if not self.active():
+                    continue  # a standby replica: the active one sweeps
+            except Exception as exc:
+                log.warning("sweep: cannot tell whether this replica is active: %s", exc)
+                continue
+            try:
                 bodies = self.rec.kube.list_jobs(self.rec.settings.namespaces)
             except Exception as exc:
                 metrics.reconcile_errors.inc()
@@ -187,13 +198,23 @@ class Sweeper:
                 f.exception()  # wait for the round; run() never raises
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, kube: Kube) -> Reconciler:
-    """Register the handlers into ``registry``; returns the reconciler they share."""
+def register(
+    registry: kopf.OperatorRegistry,
+    settings: OperatorSettings,
+    kube: Kube,
+    active: Callable[[], bool] | None = None,
+) -> Reconciler:
+    """Register the handlers into ``registry``; returns the reconciler they share.
+
+    ``active`` gates the periodic sweep (see ha.PeeringGate); None means always active.
+    """
     rec = Reconciler(kube, settings)
-    sweeper = Sweeper(rec)
+    sweeper = Sweeper(rec, active=active)
+    lifetime = settings.peering_lifetime
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.lifetime = lifetime
         # Kopf's bookkeeping goes to annotations: the status schema has no room for it.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="kopf.finetune.dev"

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import kopf
 from kubernetes import client, config
 
 from finetune_operator import handlers, metrics
+from finetune_operator.ha import PeeringGate
 from finetune_operator.kube import Kube
 from finetune_operator.settings import OperatorSettings, from_args
 
@@ -38,7 +40,8 @@ def run(settings: OperatorSettings) -> int:
     """Run until SIGINT/SIGTERM."""
     api = make_api_client()
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, settings, Kube(api))
+    gate = PeeringGate(client.CustomObjectsApi(api), settings)
+    handlers.register(registry, settings, Kube(api), active=gate)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
         log.info("metrics on :%d/metrics", settings.metrics_port)
@@ -47,10 +50,23 @@ def run(settings: OperatorSettings) -> int:
     )
     scope = ", ".join(settings.namespaces) or "all namespaces"
     log.info("watching FineTuneJobs in %s (timer %.1fs)", scope, settings.timer_interval)
+    if settings.peering:
+        log.info(
+            "peering %r as %s with priority %d (keep-alive lifetime %ds)",
+            settings.peering,
+            settings.identity,
+            settings.priority,
+            settings.peering_lifetime,
+        )
+    # Our own identity (the replica name) so that ha.PeeringGate finds this replica in the peering;
+    # Kopf types it as a NewType of str that it does not export.
+    identity: Any = settings.identity or None
     kopf.run(
         registry=registry,
         standalone=not settings.peering,
         peering_name=settings.peering or None,
+        priority=settings.priority if settings.peering else None,
+        identity=identity,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=liveness,
