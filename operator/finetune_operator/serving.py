@@ -39,6 +39,7 @@ from finetune_operator.serving_manifests import (
     champion_of,
     endpoint_name,
     endpoint_url,
+    owner_ref,
     rollout_progress,
 )
 from finetune_operator.status import parse_time
@@ -112,11 +113,26 @@ def _owners(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(r) for r in (deployment.get("metadata") or {}).get("ownerReferences") or []]
 
 
+def _only_owner(endpoint: str, dep: Mapping[str, Any], me: Champion) -> list[ServingAction]:
+    """After a rollout: the champion becomes the endpoint's only owner (Deployment first)."""
+    if [r.get("uid") for r in _owners(dep)] == [me.uid]:
+        return []
+    return [
+        ServingPatch(
+            "Deployment", endpoint, {"metadata": {"ownerReferences": [owner_ref(me.job, me.uid)]}}
+        )
+    ]
+
+
 def _service_action(
-    endpoint: str, namespace: str, deployment: Mapping[str, Any], obs: EndpointObservation
+    endpoint: str,
+    namespace: str,
+    deployment: Mapping[str, Any],
+    obs: EndpointObservation,
+    want: list[dict[str, Any]] | None = None,
 ) -> list[ServingAction]:
-    """Create the Service, or give it the same owners as the Deployment (the champion job)."""
-    want = _owners(deployment)
+    """Create the Service, or give it the same owners as the Deployment (or ``want``)."""
+    want = _owners(deployment) if want is None else want
     if obs.service is None:
         return [ServingPut(build_endpoint_service(endpoint, namespace, want))]
     have = (obs.service.get("metadata") or {}).get("ownerReferences") or []
@@ -163,9 +179,14 @@ def follow_champion(
     want = raw_serving.get("replicas", 1)
     have = (dep.get("spec") or {}).get("replicas")
     name = str((dep.get("metadata") or {}).get("name"))
+    only = [owner_ref(champion.job, champion.uid)]
+    actions = [
+        *_only_owner(name, dep, champion),
+        *_service_action(name, ident.namespace, dep, obs, only),
+    ]
     if isinstance(want, int) and want != have:
-        return None, [ServingPatch("Deployment", name, {"spec": {"replicas": want}})]
-    return None, []
+        actions.append(ServingPatch("Deployment", name, {"spec": {"replicas": want}}))
+    return None, actions
 
 
 def decide(
@@ -240,12 +261,16 @@ def decide(
         base = {"endpoint": url, "promoted": True, "message": decision_msg}
         actions = _service_action(endpoint, ident.namespace, dep, obs)
         if done:
+            only = [owner_ref(champion.job, champion.uid)]
             return ServingDecision(
                 "Succeeded",
                 "Deployed",
                 f"serving {art} at {url} ({detail})",
                 {**base, "ready": True},
-                actions,
+                [
+                    *_only_owner(endpoint, dep, champion),
+                    *_service_action(endpoint, ident.namespace, dep, obs, only),
+                ],
             )
         started = parse_time(_annotations(dep).get(ANN_ROLLOUT_STARTED)) or now
         deadline = spec.serving.rollout_deadline_seconds

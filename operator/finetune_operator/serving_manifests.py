@@ -355,7 +355,9 @@ def build_deployment(
 
     With a current Deployment the result is a full replacement (PUT) guarded by its
     resourceVersion; the current champion and pod template are kept in annotations for a rollback.
-    Rolling update with maxUnavailable 0: the old model serves until the new one is ready.
+    Rolling update with maxUnavailable 0: the old model serves until the new one is ready. While
+    the rollout runs, the current owners stay owners beside the challenger, so deleting either
+    job mid-rollout leaves the endpoint up; once available, the challenger is the only owner.
     """
     endpoint = endpoint_name(ident, spec)
     annotations = {
@@ -387,6 +389,10 @@ def build_deployment(
             annotations[ANN_ROLLED_BACK] = cur_ann[ANN_ROLLED_BACK]
         if cur_meta.get("resourceVersion"):
             meta["resourceVersion"] = cur_meta["resourceVersion"]
+        kept = [
+            dict(r) for r in cur_meta.get("ownerReferences") or [] if r.get("uid") != champion.uid
+        ]
+        meta["ownerReferences"] = [*kept, owner_ref(champion.job, champion.uid)]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

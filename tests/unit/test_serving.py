@@ -58,6 +58,17 @@ def status(name: str, loss: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """RFC 7386 JSON merge patch, as the API server applies it (lists are replaced)."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge_patch(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+
+
 class Endpoint:
     """The endpoint objects as the API server would hold them after the actions."""
 
@@ -93,8 +104,9 @@ class Endpoint:
                     assert self.service is None
                     self.service = m
             elif isinstance(a, ServingPatch):
-                assert a.kind == "Service" and self.service is not None
-                self.service["metadata"].update(a.patch["metadata"])
+                target = self.deployment if a.kind == "Deployment" else self.service
+                assert target is not None
+                merge_patch(target, a.patch)
 
     def roll_out(self, ready: bool) -> None:
         """The deployment controller's view: every new replica available, or none."""
@@ -274,21 +286,27 @@ def test_better_challenger_replaces_the_champion_and_keeps_it_for_rollback() -> 
     ann = dep["metadata"]["annotations"]
     assert json.loads(ann["finetune.dev/previous-champion"])["job"] == "v1"
     assert json.loads(ann["finetune.dev/previous-template"])["template"] == old_template
-    assert dep["metadata"]["ownerReferences"] == [
-        {
-            "apiVersion": "finetune.dev/v1alpha1",
-            "kind": "FineTuneJob",
-            "name": "v2",
-            "uid": "uid-v2",
-            "controller": False,
-            "blockOwnerDeletion": False,
-        }
-    ]
-    # The Service changes owner too (deleting v1 later must not take the endpoint down).
-    assert [a.kind for a in d.actions if isinstance(a, ServingPatch)] == ["Service"]
-    assert ep.service["metadata"]["ownerReferences"][0]["uid"] == "uid-v2"  # type: ignore[index]
+    # During the rollout both jobs own the endpoint: deleting either one keeps it up.
+    assert [r["uid"] for r in dep["metadata"]["ownerReferences"]] == ["uid-v1", "uid-v2"]
+    assert dep["metadata"]["ownerReferences"][1] == {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "v2",
+        "uid": "uid-v2",
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
+    svc_owners = ep.service["metadata"]["ownerReferences"]  # type: ignore[index]
+    assert [r["uid"] for r in svc_owners] == ["uid-v1", "uid-v2"]
     ep.roll_out(ready=True)
-    assert step(ep, "v2", "0.5", T0 + timedelta(minutes=6)).reason == "Deployed"
+    d = step(ep, "v2", "0.5", T0 + timedelta(minutes=6))
+    assert d.reason == "Deployed"
+    # Available: the challenger becomes the only owner (deleting v1 now changes nothing).
+    assert [a.kind for a in d.actions if isinstance(a, ServingPatch)] == ["Deployment", "Service"]
+    for obj in (ep.deployment, ep.service):
+        assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == ["uid-v2"]  # type: ignore[index]
+    # Level-based: a repeated decision changes nothing more.
+    assert step(ep, "v2", "0.5", T0 + timedelta(minutes=6)).actions == []
     # The former champion, reconciled again, would not fight back.
     d = step(ep, "v1", "0.9", T0 + timedelta(minutes=7))
     assert d.reason == "ChampionReplaced" and d.actions == []
