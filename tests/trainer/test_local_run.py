@@ -210,3 +210,26 @@ def test_bad_data_exit_65_names_the_row(repo_root: Path, tmp_path: Path) -> None
     assert _conditions(status)["DataValidated"] == "False"
     # the user's file was not replaced by the demo data
     assert train.read_text().count("\n") == 7
+
+
+def test_two_local_nodes_rendezvous_on_loopback(repo_root: Path, tmp_path: Path) -> None:
+    """nodes: 2 → two `launch` processes (NODE_RANK 0 and 1) meeting at 127.0.0.1."""
+    manifest = _manifest(
+        repo_root,
+        "local-instruct.yaml",
+        tmp_path,
+        hyperparameters={"maxSteps": 4},
+        checkpointing={"everySteps": 2, "keepLast": 1},
+        distributed={"nodes": 2, "gpusPerNode": 0, "processesPerNode": 1},
+    )
+    proc = _finetune(tmp_path, str(manifest), "--demo", "--status-out", "status.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 node(s) x 1 process(es)" in proc.stdout
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["phase"] == "Succeeded" and status["progress"]["step"] == 4
+    jobs = next((tmp_path / ".work" / "jobs").glob("instruct-tiny-*"))
+    for rank in (0, 1):
+        config = json.loads((jobs / f"node-{rank}" / "config.json").read_text())
+        assert config["workDir"] == str(jobs / f"node-{rank}" / "work")  # one scratch per node
+        assert (jobs / "logs" / f"node-{rank}.log").stat().st_size > 0
+    assert Path(status["artifacts"]["uri"], "_SUCCESS").is_file()
