@@ -211,6 +211,19 @@ def check_unsupported(spec: FineTuneJobSpec) -> None:
             "outside a cluster: remove it to use the generated DeepSpeed config",
             EXIT_BAD_MANIFEST,
         )
+    if spec.base_model.from_job:
+        raise LocalRunError(
+            f"spec.baseModel.fromJob ({spec.base_model.from_job}) names another FineTuneJob, "
+            "which only the operator can look up: set spec.baseModel.uri to that job's output "
+            "instead (its runs/<runId>/merged/ prefix, written with output.mergeAdapter: true)",
+            EXIT_BAD_MANIFEST,
+        )
+    if spec.suspend:
+        raise LocalRunError(
+            "spec.suspend is true: the job is suspended, so there is nothing to run; set it to "
+            "false (a checkpoint from an earlier run is resumed)",
+            EXIT_BAD_MANIFEST,
+        )
 
 
 # ------------------------------------------------------------------------------ the run
@@ -438,7 +451,8 @@ def _run_with_storage(ctx: Context, embedded: Any) -> int:
 
 def _put(ctx: Context, local: Path, uri: str, embedded: Any, label: str) -> None:
     """Copy a file/directory to a local path or upload it to an s3:// URI, with a progress bar."""
-    from finetune_trainer.embedded_s3 import seed
+    from finetune_trainer.embedded_s3 import ensure_bucket
+    from finetune_trainer.storage import parse_s3_uri
 
     total = (
         local.stat().st_size
@@ -462,10 +476,9 @@ def _put(ctx: Context, local: Path, uri: str, embedded: Any, label: str) -> None
             advance(max(0, done - last[0]))
             last[0] = max(last[0], done)
 
-        if embedded is not None:
-            seed(ctx.store, local, uri)
-        else:
-            ctx.store.upload(local, uri, progress)
+        if embedded is not None:  # a fresh embedded server may lack the bucket
+            ensure_bucket(ctx.store, parse_s3_uri(uri).bucket)
+        ctx.store.upload(local, uri, progress)
 
 
 def _put_demo_inputs(ctx: Context, embedded: Any) -> None:

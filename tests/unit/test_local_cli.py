@@ -122,3 +122,20 @@ def test_completed_run_is_not_trained_again(
     assert "already completed" in out and "--fresh" in out
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["phase"] == "Succeeded" and status["runId"] == run_id
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            ("baseModel: {uri: ./model/}", "baseModel: {fromJob: other-job}"),
+            "spec.baseModel.fromJob",
+        ),
+        (("  task: causal-lm", "  suspend: true\n  task: causal-lm"), "spec.suspend is true"),
+    ],
+)
+def test_cluster_only_fields_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], words: str
+) -> None:
+    assert _run(tmp_path, GOOD.replace(*change)) == 2
+    assert words in capsys.readouterr().err
