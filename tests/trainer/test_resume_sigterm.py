@@ -117,3 +117,44 @@ def test_sigterm_checkpoints_and_the_restart_resumes_exactly(
             f"step {step}: tokens/lr {got} != uninterrupted {ref_series[step]}"
         )
         assert (first | second)[step] == pytest.approx(ref[step], abs=0.05), f"loss at step {step}"
+
+
+def test_sigterm_with_two_deepspeed_ranks(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """ZeRO-2 over two processes: both ranks stop at the same step, both shards are saved."""
+    train, _val = write_completion_data(tmp_path / "data")
+    out = tmp_path / "out"
+    config = make_config(
+        tmp_path / "job",
+        base_uri=str(tiny_llama_dir),
+        train_uri=str(train),
+        val_uri=None,
+        output_uri=str(out),
+        method="full",
+        max_steps=16,
+        every_steps=1000,
+        nproc=2,
+        zero_stage=2,
+    )
+    progress = config.parent / "work" / "progress.jsonl"
+    proc = launch(config, tmp_path / "attempt1.log", nproc=2)
+    deadline = time.monotonic() + 600
+    while not (logged_losses(progress) and max(logged_losses(progress)) >= 3):
+        assert proc.poll() is None, (tmp_path / "attempt1.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not reach step 3"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == EXIT_RETRIABLE, (tmp_path / "attempt1.log").read_text()[-3000:]
+    stopped_at = max(logged_losses(progress))
+    assert stopped_at < 16
+    ckpt = out / "runs" / "run-1" / "checkpoints" / f"step-{stopped_at}"
+    assert json.loads((ckpt / "_COMPLETE").read_text()) | {"time": ""} == {
+        "step": stopped_at,
+        "worldSize": 2,
+        "time": "",
+    }
+    shards = sorted(p.name for p in (ckpt / f"global_step{stopped_at}").glob("*optim_states.pt"))
+    assert len(shards) == 2
+
+    proc = launch(config, tmp_path / "attempt2.log", nproc=2)
+    assert proc.wait(timeout=900) == EXIT_OK, (tmp_path / "attempt2.log").read_text()[-3000:]
+    assert sorted(logged_losses(progress)) == list(range(stopped_at + 1, 17))
