@@ -231,7 +231,7 @@ def test_helm_test_hook_pod(render) -> None:
         ({"monitoring": {"prometheusRule": {"reconcileErrorRate": "lots"}}}, "reconcileErrorRate"),
         ({"monitoring": {"prometheusRule": {"stalledFor": "30 minutes"}}}, "stalledFor"),
         ({"replicaCount": 3}, "ha.enabled=true"),
-        ({"replicaCount": 2, "ha": {"enabled": True}}, "no --priority flag"),
+        ({"replicaCount": 2, "ha": {"enabled": True, "peeringLifetime": 5}}, "peeringLifetime"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(render, values, needle) -> None:
