@@ -326,6 +326,12 @@ def test_ha_peering_install(release: Release) -> None:
         wait_for(
             keepalive, timeout=60, message=f"keep-alive in the peering; log:\n{op.text()[-3000:]}"
         )
+        # The sweep reads the ClusterKopfPeering itself (ha.PeeringGate) with the SA's rights.
+        wait_for(
+            lambda: "sweep: active in peering" in op.text(),
+            timeout=60,
+            message=f"the only replica's sweep active; log:\n{op.text()[-3000:]}",
+        )
         forbidden = [ln for ln in op.text().splitlines() if "403" in ln or "Forbidden" in ln]
         assert not forbidden, "\n".join(forbidden[:20])
     finally:
