@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATASETS = Path(os.environ.get("FINETUNE_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+SHARED_DATASETS = Path(
+    os.environ.get("FINETUNE_SHARED_DATASETS", REPO.parent / "shared" / "datasets")
+)
 
 pytest_plugins = [
     "tests.support.s3",
@@ -29,6 +31,8 @@ def repo_root() -> Path:
 def shared_datasets() -> Path:
     """The real public datasets beside the checkout (../shared/datasets); skip where absent."""
     if not (SHARED_DATASETS / "README.md").is_file():
-        pytest.skip(f"shared datasets not found at {SHARED_DATASETS} (they live beside the "
-                    "checkout in the development workplace; set FINETUNE_SHARED_DATASETS)")
+        pytest.skip(
+            f"shared datasets not found at {SHARED_DATASETS} (they live beside the "
+            "checkout in the development workplace; set FINETUNE_SHARED_DATASETS)"
+        )
     return SHARED_DATASETS

@@ -14,7 +14,10 @@ __all__ = ["COMMANDS", "main"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("finetune_operator.validation", "check FineTuneJob manifests (exit 1 on problems)"),
+    "validate": (
+        "finetune_operator.validation",
+        "check FineTuneJob manifests (exit 1 on problems)",
+    ),
     "run": ("finetune_operator.local", "run a FineTuneJob on this machine, no cluster needed"),
     "operator": ("finetune_operator.runner", "run the Kubernetes operator"),
     "crd": ("finetune_operator.crdgen", "print (or --write) the CRD generated from the API"),
