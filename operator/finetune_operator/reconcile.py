@@ -544,6 +544,7 @@ def _terminal(b: _Builder, phase: str) -> Decision:
         )
         if serving_status is not None:
             b.set("serving", serving_status)
+            b.events.append(Event("Normal", "NoLongerServing", str(serving_status["message"])))
         b.actions.extend(serving_actions)
     return b.finish(
         phase,

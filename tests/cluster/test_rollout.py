@@ -245,6 +245,14 @@ def test_champion_kept_then_replaced_and_survives_non_serving_deletion(
         message="v1 told it was replaced",
     )
     assert "v3" in status(cp, ns, "v1")["serving"]["message"]
+    told = wait_for(
+        lambda: [e for e in events(cp, ns, "v1") if e["reason"] == "NoLongerServing"],
+        timeout=15,
+        message="NoLongerServing event on v1",
+    )
+    time.sleep(2)  # a few more sweeps: the event is not repeated
+    told = [e for e in events(cp, ns, "v1") if e["reason"] == "NoLongerServing"]
+    assert len(told) == 1 and "v3" in told[0]["message"]
     # The former champion, no longer serving, may now be deleted without an outage.
     cp.kubectl("delete", "finetunejob", "v1", "-n", ns, "--wait=true", timeout=90)
     time.sleep(3)
