@@ -877,6 +877,19 @@ def _serve(ctx: Context, passed: bool | None, gate_message: str | None) -> int:
                 time.sleep(POLL_SECONDS)
         if server.proc.poll() not in (None, 0) and signals.count == 0:
             raise LocalRunError(f"the inference server exited; see {server.log}")
+        ctx.ui.note("Stopping the server (requests in flight finish first)")
+        server.stop()
+        ctx.write_status(
+            Outcome(
+                phase="Succeeded",
+                reason="Succeeded",
+                message="the run finished and its artifacts are stored",
+                gate_passed=passed,
+                gate_message=gate_message,
+                serving={**serving, "ready": False, "message": "stopped by Ctrl-C"},
+            ),
+            final=True,
+        )
         return EXIT_OK
     finally:
         server.stop()

@@ -179,7 +179,7 @@ def start_server(
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = log.open("ab")
     cmd = [sys.executable, "-m", "finetune_trainer", "serve", "--model", run_uri]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--grace-seconds", "5"]
     if s3_endpoint:
         cmd += ["--s3-endpoint", s3_endpoint]
     proc = subprocess.Popen(

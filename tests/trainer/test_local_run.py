@@ -95,6 +95,38 @@ def test_instruct_example_local_paths_end_to_end(repo_root: Path, tmp_path: Path
     assert "/v1/completions" in proc.stdout and "Spell the word backwards." in proc.stdout
     assert "Traceback" not in proc.stderr
 
+    # --serve on the completed run: no training again, the URL printed, up until Ctrl-C
+    args = [sys.executable, "-m", "finetune_operator.cli", "run", str(manifest), "--serve"]
+    server = subprocess.Popen(
+        [*args, "--status-out", "serve.json"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = ""
+    for line in server.stdout:
+        match = re.search(r"Serving (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            url = match.group(1)
+            break
+    assert url, "no URL printed"
+    import httpx
+
+    answer = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"]
+    served = json.loads((tmp_path / "serve.json").read_text())
+    assert served["serving"] == {"endpoint": url, "promoted": True, "ready": True}
+    server.send_signal(signal.SIGINT)
+    rest = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, rest
+    log = next((tmp_path / ".work" / "jobs").glob("instruct-tiny-*/logs/node-0.log"))
+    assert log.read_text().count("===== launch node 0") == 1  # served, not trained again
+    stopped = json.loads((tmp_path / "serve.json").read_text())
+    assert stopped["serving"]["ready"] is False
+
 
 def test_quickstart_example_embedded_s3_with_seed(repo_root: Path, tmp_path: Path) -> None:
     """The quickstart's s3:// URIs through the embedded S3, seeded with --seed (MiniLM + data)."""
