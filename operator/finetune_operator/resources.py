@@ -62,6 +62,8 @@ CONTAINER_NAME = "trainer"
 CONFIG_KEY = "config.json"
 METRICS_PORT = 9090
 WORK_DIR = "/workspace"
+GRACE_SECONDS = 180
+"""Pod termination grace: above the trainer's 120 s SIGTERM checkpoint window (launch.py)."""
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,7 @@ def build_train_job(
         container["imagePullPolicy"] = t.image_pull_policy
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "subdomain": names["service"],
         "serviceAccountName": names["serviceAccount"],
         "automountServiceAccountToken": True,

@@ -163,3 +163,9 @@ def test_cpu_only_gang_requests_no_gpu(gpus: int) -> None:
 
 def test_child_names_fit_the_job_name() -> None:
     assert child_names("x")["job"] == "x-train"
+
+
+def test_training_pods_get_time_to_checkpoint_on_sigterm() -> None:
+    """SIGTERM → checkpoint → exit 75 needs longer than Kubernetes' default 30 s grace."""
+    pod = build_train_job(IDENT, spec(), attempt=1)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 120  # launch.py's torchrun --shutdown-timeout
