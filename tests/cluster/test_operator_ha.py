@@ -146,6 +146,7 @@ def test_one_active_replica_and_failover_on_sigkill(
     time.sleep(3)  # a few sweep rounds (1 s timer) in which a wrongly active standby would act
     assert reconciles(a) > 0
     assert reconciles(b) == 0, "the standby reconciled while the active replica was alive"
+    assert "sweep: active" not in b.log_text()
     assert "sweep: standing by for operator-a (priority 200 > 100)" in b.log_text()
     assert [j["metadata"]["name"] for j in get(cp, ns, "jobs")["items"]] == ["ha-train"]
     assert len(pods(cp, ns, "ha")) == 2
@@ -182,3 +183,30 @@ def test_one_active_replica_and_failover_on_sigkill(
     for r in ("Initializing", "Training", "Evaluating", "Uploading", "Succeeded"):
         assert r in reasons, reasons
     assert not duplicated_events(cp, ns, "ha")
+
+
+def test_graceful_stop_hands_over_at_once(
+    control_plane: Any, namespace: str, replicas: dict[str, OperatorProcess]
+) -> None:
+    cp, ns = control_plane, namespace
+    a, b = replicas["a"], replicas["b"]
+    wait_for(
+        lambda: {"operator-a", "operator-b"} <= set(peers(cp, ns)),
+        timeout=30,
+        message="both replicas' keep-alives in the KopfPeering",
+    )
+    time.sleep(2)  # a few sweep rounds of the standby
+    assert "sweep: active" not in b.log_text()
+    stopped = time.monotonic()
+    a.stop()  # SIGTERM: Kopf removes its keep-alive on the way out
+    assert "operator-a" not in peers(cp, ns)
+    wait_for(
+        lambda: "sweep: active in peering" in b.log_text(),
+        timeout=LIFETIME,
+        message="b's sweep active before a's keep-alive would have expired",
+    )
+    handover = time.monotonic() - stopped
+    print(f"hand-over after SIGTERM: {handover:.1f}s (peering lifetime {LIFETIME}s)")
+    apply(cp, ns, manifest("after", distributed={"nodes": 1, "gpusPerNode": 1}))
+    wait_phase(cp, ns, "after", "Initializing", 60)
+    assert reconciles(b) > 0
