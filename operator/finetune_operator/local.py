@@ -58,13 +58,6 @@ EXIT_RETRIABLE = 75  # the trainer's EXIT_RETRIABLE
 EXIT_INTERRUPTED = 130
 POLL_SECONDS = 0.5
 LOCAL = {"local": True}  # validation context: the local rules (paths allowed besides s3://)
-DEMO_SENTENCES = [
-    "The soup was not good at all.",
-    "I could not fault the service, and I will definitely come back!",
-    "The plot was boring, but the acting was superb.",
-    "Honestly, the battery was disappointing. I want my money back.",
-    "What a wonderful little hotel: the view was gorgeous.",
-]
 
 
 class LocalRunError(Exception):
@@ -869,7 +862,12 @@ def _serve(ctx: Context, passed: bool | None, gate_message: str | None) -> int:
         )
         ctx.ui.console.print(f"[bold green]Serving[/bold green] {server.url}")
         if ctx.opts.demo and not ctx.opts.serve:
-            _demo_queries(ctx, server.url)
+            from finetune_operator.local_demo import demo_queries
+
+            t0 = time.monotonic()
+            ctx.ui.console.print(demo_queries(ctx.spec.task, server.url))
+            took = format_duration(time.monotonic() - t0)
+            ctx.ui.note(f"answered in {took}; stopping the server")
             return EXIT_OK
         ctx.ui.note("Press Ctrl-C to stop the server.")
         with _Signals() as signals:
@@ -893,77 +891,6 @@ def _serve(ctx: Context, passed: bool | None, gate_message: str | None) -> int:
         return EXIT_OK
     finally:
         server.stop()
-
-
-def _post(url: str, body: Mapping[str, Any], timeout: float = 60) -> Any:
-    import urllib.request
-
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def _demo_queries(ctx: Context, url: str) -> None:
-    """Ask the served model a few things over HTTP and print the answers."""
-    from rich.table import Table
-
-    t0 = time.monotonic()
-    if ctx.spec.task == "sequence-classification":
-        answer = _post(url + "/v1/classify", {"input": DEMO_SENTENCES})
-        rows = _classify_rows(answer)
-        table = Table(title=f"POST {url}/v1/classify", title_justify="left", show_edge=False)
-        table.add_column("sentence")
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        for sentence, (label, score) in zip(DEMO_SENTENCES, rows, strict=False):
-            table.add_row(sentence, label, score)
-    else:
-        from finetune_trainer.formats import alpaca_prompt
-
-        from finetune_operator.demo_data import instruction_rows
-
-        table = Table(title=f"POST {url}/v1/completions", title_justify="left", show_edge=False)
-        table.add_column("instruction")
-        table.add_column("input")
-        table.add_column("expected")
-        table.add_column("model")
-        for row in instruction_rows(4, seed=3):
-            answer = _post(
-                url + "/v1/completions",
-                {
-                    "prompt": alpaca_prompt(row["instruction"], row["input"]),
-                    "max_tokens": 8,
-                    "temperature": 0,
-                },
-            )
-            choices = answer.get("choices") or [{}]
-            table.add_row(
-                row["instruction"],
-                row["input"],
-                row["output"],
-                str(choices[0].get("text", "")).strip(),
-            )
-    ctx.ui.console.print(table)
-    ctx.ui.note(f"answered in {format_duration(time.monotonic() - t0)}; stopping the server")
-
-
-def _classify_rows(answer: Any) -> list[tuple[str, str]]:
-    """(label, score) per input from a /v1/classify answer ({data|results|predictions: [...]})."""
-    items: Any = answer
-    if isinstance(answer, dict):
-        items = answer.get("data") or answer.get("results") or answer.get("predictions") or []
-    out = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict):
-            score = item.get("score")
-            out.append(
-                (str(item.get("label", "?")), f"{float(score):.3f}" if score is not None else "")
-            )
-        else:
-            out.append((str(item), ""))
-    return out
 
 
 def main() -> None:  # pragma: no cover - `python -m finetune_operator.local`

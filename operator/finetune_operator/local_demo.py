@@ -9,6 +9,9 @@ datasets) before the run, so the run itself is an ordinary ``finetune run`` of t
 * causal-lm: the generated instruction data (``demo_data.instruction_rows``) and a tiny Llama
   with a byte-level BPE tokenizer trained on that data, built on the fly.
 
+After training, ``demo_queries`` asks the served model a few questions over HTTP (``POST
+/v1/classify`` or ``/v1/completions``), which is how the demo shows the model answering.
+
 Files are staged in ``<workdir>/demo-inputs/`` and then copied to local paths or uploaded to
 s3:// URIs by the caller (``local_s3.put``). Nothing already present at a destination is
 overwritten: a user's own data is never replaced.
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from finetune_operator.api import FineTuneJobSpec
 from finetune_operator.demo_data import (
@@ -34,11 +39,17 @@ from finetune_operator.demo_data import (
     write_jsonl,
 )
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 __all__ = [
     "CHAT_TEMPLATE",
+    "DEMO_SENTENCES",
     "DemoError",
     "DemoInput",
     "build_tiny_llama",
+    "classify_rows",
+    "demo_queries",
     "minilm_dir",
     "plan_demo_inputs",
 ]
@@ -224,3 +235,79 @@ def plan_demo_inputs(spec: FineTuneJobSpec, staging: Path) -> list[DemoInput]:
                     build_tiny_llama(model, corpus)
         inputs.append(DemoInput(field="spec.baseModel.uri", uri=spec.base_model.uri, source=model))
     return inputs
+
+
+DEMO_SENTENCES = [
+    "The soup was not good at all.",
+    "I could not fault the service, and I will definitely come back!",
+    "The plot was boring, but the acting was superb.",
+    "Honestly, the battery was disappointing. I want my money back.",
+    "What a wonderful little hotel: the view was gorgeous.",
+]
+
+
+def _post(url: str, body: Mapping[str, Any], timeout: float = 60) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def demo_queries(task: str, url: str) -> Table:
+    """Ask the model served at ``url`` a few things over HTTP; the answers as a table."""
+    from rich.table import Table
+
+    if task == "sequence-classification":
+        answer = _post(url + "/v1/classify", {"input": DEMO_SENTENCES})
+        rows = classify_rows(answer)
+        table = Table(title=f"POST {url}/v1/classify", title_justify="left", show_edge=False)
+        table.add_column("sentence")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        for sentence, (label, score) in zip(DEMO_SENTENCES, rows, strict=False):
+            table.add_row(sentence, label, score)
+    else:
+        from finetune_trainer.formats import alpaca_prompt
+
+        table = Table(title=f"POST {url}/v1/completions", title_justify="left", show_edge=False)
+        table.add_column("instruction")
+        table.add_column("input")
+        table.add_column("expected")
+        table.add_column("model")
+        for row in instruction_rows(4, seed=3):
+            answer = _post(
+                url + "/v1/completions",
+                {
+                    "prompt": alpaca_prompt(row["instruction"], row["input"]),
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+            choices = answer.get("choices") or [{}]
+            table.add_row(
+                row["instruction"],
+                row["input"],
+                row["output"],
+                str(choices[0].get("text", "")).strip(),
+            )
+    return table
+
+
+def classify_rows(answer: Any) -> list[tuple[str, str]]:
+    """(label, score) per input from a /v1/classify answer ({data|results|predictions: [...]})."""
+    items: Any = answer
+    if isinstance(answer, dict):
+        items = answer.get("data") or answer.get("results") or answer.get("predictions") or []
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            score = item.get("score")
+            out.append(
+                (str(item.get("label", "?")), f"{float(score):.3f}" if score is not None else "")
+            )
+        else:
+            out.append((str(item), ""))
+    return out

@@ -72,3 +72,14 @@ def test_test_split_has_held_out_adjectives() -> None:
     test = " ".join(r["text"] for r in sentiment_rows(240, 2))
     assert not any(w in train for w in held_out)
     assert sum(w in test for w in held_out) >= 6
+
+
+def test_classify_rows_reads_the_server_answer() -> None:
+    from finetune_operator.local_demo import classify_rows
+
+    answer = {
+        "object": "list",
+        "data": [{"label": "positive", "score": 0.91234}, {"label": "negative"}],
+    }
+    assert classify_rows(answer) == [("positive", "0.912"), ("negative", "")]
+    assert classify_rows({"error": {"message": "x"}}) == []
