@@ -23,7 +23,7 @@ pytestmark = pytest.mark.cluster
 
 CASES = load_cases()
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if not p.name.startswith("local-"))
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 
 def dry_run_create(cp: Any, doc: dict[str, Any], namespace: str = "default") -> Any:

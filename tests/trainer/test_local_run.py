@@ -68,7 +68,7 @@ def test_instruct_example_local_paths_end_to_end(repo_root: Path, tmp_path: Path
     """causal-lm, 1 node x 2 torchrun processes, local paths only, served via /v1/completions."""
     manifest = _manifest(
         repo_root,
-        "local-instruct.yaml",
+        "local/instruct.yaml",
         tmp_path,
         hyperparameters={"maxSteps": 24},
         checkpointing={"everySteps": 12, "keepLast": 1},
@@ -190,7 +190,7 @@ def _first_logged_step_of_last_attempt(log: Path) -> int:
 def test_ctrl_c_keeps_checkpoint_and_rerun_resumes(repo_root: Path, tmp_path: Path) -> None:
     manifest = _manifest(
         repo_root,
-        "local-instruct.yaml",
+        "local/instruct.yaml",
         tmp_path,
         hyperparameters={"maxSteps": 400, "batchSizePerDevice": 4},
         checkpointing={"everySteps": 10, "keepLast": 2},
@@ -236,7 +236,7 @@ def test_ctrl_c_keeps_checkpoint_and_rerun_resumes(repo_root: Path, tmp_path: Pa
 
 def test_bad_data_exit_65_names_the_row(repo_root: Path, tmp_path: Path) -> None:
     manifest = _manifest(
-        repo_root, "local-instruct.yaml", tmp_path, hyperparameters={"maxSteps": 4}
+        repo_root, "local/instruct.yaml", tmp_path, hyperparameters={"maxSteps": 4}
     )
     train = tmp_path / ".work" / "demo" / "instruct" / "train.jsonl"
     rows = [{"instruction": "Add the two numbers.", "input": "1 + 2", "output": "3"}] * 5
@@ -260,7 +260,7 @@ def test_two_local_nodes_rendezvous_on_loopback(repo_root: Path, tmp_path: Path)
     """nodes: 2 → two `launch` processes (NODE_RANK 0 and 1) meeting at 127.0.0.1."""
     manifest = _manifest(
         repo_root,
-        "local-instruct.yaml",
+        "local/instruct.yaml",
         tmp_path,
         hyperparameters={"maxSteps": 4},
         checkpointing={"everySteps": 2, "keepLast": 1},
