@@ -248,6 +248,21 @@ def test_truncation_and_dropped_rows_are_reported(tmp_path: Path, tok: Any) -> N
     assert "1 rows dropped" in warnings
 
 
+def test_no_row_left_after_truncation_is_bad_data(tmp_path: Path, tok: Any) -> None:
+    """Prompts that alone fill maxSeqLength leave nothing to train on: a clear bad-data error."""
+    long_prompt = "hello world " * 20
+    with pytest.raises(DataValidationError) as err:
+        prepare_one(
+            tmp_path,
+            tok,
+            "completion",
+            [{"prompt": long_prompt, "completion": "x"}] * 3,
+            hyperparameters={"maxSeqLength": 16},
+        )
+    assert "spec.hyperparameters.maxSeqLength" in str(err.value)
+    assert "3 rows dropped" in str(err.value)
+
+
 def test_classification_labels_sorted_and_stored(tmp_path: Path, tok: Any) -> None:
     data = prepare_one(
         tmp_path,

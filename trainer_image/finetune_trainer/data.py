@@ -492,6 +492,18 @@ def prepare_data(config: TrainerConfig, tokenizer: Any, files: Mapping[str, Path
         raise DataValidationError(collected.problems)
     splits = _split_and_mix(config, collected)
     report = _report(config, collected, splits)
-    return build_prepared(
+    prepared = build_prepared(
         config, tokenizer, splits.train, splits.validation, splits.evals, collected.labels, report
     )
+    if len(prepared.train) == 0:
+        # Every row was dropped while tokenizing (e.g. prompts that alone fill maxSeqLength):
+        # a bad-data verdict, not a crash deep inside the data loader.
+        max_len = config.spec.hyperparameters.max_seq_length
+        raise DataValidationError(
+            [
+                f"spec.hyperparameters.maxSeqLength: no training row is left after tokenizing "
+                f"to {max_len} tokens ({'; '.join(report.warnings) or 'every row was dropped'}); "
+                "raise maxSeqLength or shorten the prompts"
+            ]
+        )
+    return prepared
