@@ -59,7 +59,10 @@ def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def peering(control_plane: Any, crd_installed: str, namespace: str) -> str:
+def peering(control_plane: Any, crd_installed: str, namespace: str) -> Iterator[str]:
+    """The peering CRDs and object for this test; the CRDs are cluster-scoped and the control
+    plane is shared by the session (the Helm tier installs them from the chart), so they are
+    deleted again afterwards."""
     cp = control_plane
     for kind, plural, scope in (
         ("KopfPeering", "kopfpeerings", "Namespaced"),
@@ -69,7 +72,16 @@ def peering(control_plane: Any, crd_installed: str, namespace: str) -> str:
         cp.kubectl("wait", "--for=condition=Established", f"crd/{plural}.kopf.dev", "--timeout=60s")
     doc = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
     cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
-    return PEERING
+    yield PEERING
+    cp.kubectl(
+        "delete",
+        "crd",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "--wait=true",
+        check=False,
+        timeout=120,
+    )
 
 
 @pytest.fixture
