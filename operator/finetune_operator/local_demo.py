@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAT_TEMPLATE",
     "DEMO_SENTENCES",
+    "SPECIAL_TOKENS",
     "DemoError",
     "DemoInput",
+    "build_bpe_tokenizer",
     "build_tiny_llama",
     "classify_rows",
     "demo_queries",
@@ -68,7 +70,16 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIAL_TOKENS = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+]
 
 
 class DemoError(Exception):
@@ -102,13 +113,11 @@ def minilm_dir() -> Path:
     return model
 
 
-def build_tiny_llama(
-    dest: Path, corpus: list[str], *, hidden_size: int = 64, seed: int = 0
-) -> Path:
-    """Write a randomly initialised 2-layer Llama and a BPE tokenizer trained on ``corpus``."""
-    import torch
+def build_bpe_tokenizer(dest: Path, corpus: list[str], *, vocab_size: int = 600) -> Any:
+    """Train a byte-level BPE tokenizer on ``corpus``, with the demo's chat template and special
+    tokens, and save it as a ``PreTrainedTokenizerFast`` into ``dest`` (no Hub download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     dest.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -116,8 +125,8 @@ def build_tiny_llama(
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=_SPECIAL,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -133,11 +142,28 @@ def build_tiny_llama(
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(dest)
+    return fast
+
+
+def build_tiny_llama(
+    dest: Path,
+    corpus: list[str],
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    vocab_size: int = 600,
+) -> Path:
+    """Write a randomly initialised small Llama and a BPE tokenizer trained on ``corpus``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = build_bpe_tokenizer(dest, corpus, vocab_size=vocab_size)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

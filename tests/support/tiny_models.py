@@ -17,39 +17,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from finetune_operator import local_demo
+from finetune_operator.local_demo import CHAT_TEMPLATE, SPECIAL_TOKENS, build_bpe_tokenizer
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
     "build_tiny_llama",
     "build_tiny_tokenizer",
     "tiny_llama_dir",
     "tiny_tokenizer_dir",
 ]
 
-# A minimal chat format. The {% generation %} block marks assistant tokens for loss masking.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-
-SPECIAL_TOKENS = [
-    "<pad>",
-    "<s>",
-    "</s>",
-    "<unk>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|end|>",
-]
-
+# The chat template and special tokens are the demo's own (one builder for both).
 # Enough English for a few hundred BPE merges; byte-level BPE covers every other byte anyway.
 _CORPUS_TEXT = """
 The quick brown fox jumps over the lazy dog. A movie review: this film is great, the acting is
@@ -65,62 +45,22 @@ positive negative neutral question answer user assistant system hello world data
 _CORPUS = _CORPUS_TEXT.split()
 
 
+def _corpus_lines() -> list[str]:
+    lines = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 12)]
+    return lines * 4
+
+
 def build_tiny_tokenizer(dest: Path, vocab_size: int = 512) -> Path:
     """Train a byte-level BPE tokenizer and save it as a ``PreTrainedTokenizerFast`` into ``dest``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    dest.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    lines = [" ".join(_CORPUS[i : i + 12]) for i in range(0, len(_CORPUS), 12)]
-    tok.train_from_iterator(lines * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        model_max_length=512,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(dest)
+    build_bpe_tokenizer(dest, _corpus_lines(), vocab_size=vocab_size)
     return dest
 
 
 def build_tiny_llama(dest: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Write a randomly initialised two-layer Llama plus the tiny tokenizer into ``dest``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    build_tiny_tokenizer(dest)
-    tokenizer = AutoTokenizer.from_pretrained(dest)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+    return local_demo.build_tiny_llama(
+        dest, _corpus_lines(), hidden_size=hidden_size, layers=layers, seed=seed, vocab_size=512
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(dest)
-    return dest
 
 
 @pytest.fixture(scope="session")
