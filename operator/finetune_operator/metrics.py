@@ -8,8 +8,11 @@ tests independent of whatever else lives in the process; ``serve`` exposes it on
 from __future__ import annotations
 
 import threading
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from finetune_operator.api import Phase
 
 __all__ = [
     "REGISTRY",
@@ -20,17 +23,7 @@ __all__ = [
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-PHASES = (
-    "Pending",
-    "Initializing",
-    "Training",
-    "Evaluating",
-    "Uploading",
-    "Deploying",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-)
+PHASES: tuple[str, ...] = get_args(Phase)
 
 
 class OperatorMetrics:

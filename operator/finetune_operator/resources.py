@@ -271,6 +271,26 @@ def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     return res
 
 
+def storage_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """S3 settings for every pod that reads or writes the job's storage (training, serving,
+    init containers): region, endpoint and credentials from the Secret."""
+    env: list[dict[str, Any]] = [{"name": "AWS_DEFAULT_REGION", "value": spec.storage.region}]
+    if spec.storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
+        env.append({"name": "FINETUNE_S3_ENDPOINT", "value": spec.storage.endpoint})
+    if spec.storage.credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append(
+                {
+                    "name": key,
+                    "valueFrom": {
+                        "secretKeyRef": {"name": spec.storage.credentials_secret, "key": key}
+                    },
+                }
+            )
+    return env
+
+
 def _env(ident: JobIdentity, spec: FineTuneJobSpec, port: int) -> list[dict[str, Any]]:
     names = child_names(ident.name)
     env: list[dict[str, Any]] = [
@@ -289,20 +309,8 @@ def _env(ident: JobIdentity, spec: FineTuneJobSpec, port: int) -> list[dict[str,
         {"name": CONFIG_ENV, "value": DEFAULT_CONFIG_PATH},
         {"name": "FINETUNE_JOB_NAME", "value": ident.name},
         {"name": "FINETUNE_JOB_NAMESPACE", "value": ident.namespace},
-        {"name": "AWS_DEFAULT_REGION", "value": spec.storage.region},
+        *storage_env(spec),
     ]
-    if spec.storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
-    if spec.storage.credentials_secret:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append(
-                {
-                    "name": key,
-                    "valueFrom": {
-                        "secretKeyRef": {"name": spec.storage.credentials_secret, "key": key}
-                    },
-                }
-            )
     names_set = {e["name"] for e in env}
     # User env comes last; it may add variables but never replace the contract ones.
     env += [copy.deepcopy(e) for e in spec.template.env if e.get("name") not in names_set]

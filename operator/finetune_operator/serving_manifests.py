@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_operator.api import API_VERSION, KIND, FineTuneJobSpec
-from finetune_operator.resources import MANAGED_BY, JobIdentity
+from finetune_operator.resources import MANAGED_BY, JobIdentity, storage_env
 from finetune_operator.status import format_time
 
 __all__ = [
@@ -170,25 +170,6 @@ def vllm_lora_rank(r: int) -> int:
     return next((x for x in _VLLM_LORA_RANKS if x >= r), _VLLM_LORA_RANKS[-1])
 
 
-def _storage_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    """S3 settings as on the training pods (region, endpoint, credentials from the Secret)."""
-    env: list[dict[str, Any]] = [{"name": "AWS_DEFAULT_REGION", "value": spec.storage.region}]
-    if spec.storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
-        env.append({"name": "FINETUNE_S3_ENDPOINT", "value": spec.storage.endpoint})
-    if spec.storage.credentials_secret:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append(
-                {
-                    "name": key,
-                    "valueFrom": {
-                        "secretKeyRef": {"name": spec.storage.credentials_secret, "key": key}
-                    },
-                }
-            )
-    return env
-
-
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -211,7 +192,7 @@ def _builtin_container(spec: FineTuneJobSpec, run_uri: str) -> dict[str, Any]:
             "--cache-dir",
             MODELS_DIR,
         ],
-        "env": _storage_env(spec),
+        "env": storage_env(spec),
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", 5, 3),
         "livenessProbe": _probe("/healthz", 10, 6),
@@ -231,7 +212,7 @@ def _vllm_containers(
         "image": spec.template.image,
         "command": ["python", "-m", "finetune_trainer", "pull"],
         "args": ["--run", run_uri, "--dest", MODELS_DIR],
-        "env": _storage_env(spec),
+        "env": storage_env(spec),
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
     }
     if full:
