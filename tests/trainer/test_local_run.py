@@ -43,7 +43,7 @@ def _manifest(repo_root: Path, name: str, dest: Path, **hyper: Any) -> Path:
     doc["spec"]["hyperparameters"].update(changes)
     for key, value in hyper.items():
         doc["spec"][key] = value
-    path = dest / name
+    path = dest / Path(name).name
     path.write_text(json.dumps(doc, indent=2))  # JSON is YAML, and keeps strings quoted
     return path
 

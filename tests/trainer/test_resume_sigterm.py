@@ -116,7 +116,10 @@ def test_sigterm_checkpoints_and_the_restart_resumes_exactly(
         assert got == ref_series[step], (
             f"step {step}: tokens/lr {got} != uninterrupted {ref_series[step]}"
         )
-        assert (first | second)[step] == pytest.approx(ref[step], abs=0.05), f"loss at step {step}"
+        # Same batches (token counts above are exact per step), same schedule; the loss itself
+        # drifts by up to ~1% on a loaded CPU (multi-threaded float reductions are not
+        # bit-reproducible even between two uninterrupted runs), so compare it relatively.
+        assert (first | second)[step] == pytest.approx(ref[step], rel=0.02), f"loss at step {step}"
 
 
 def test_sigterm_with_two_deepspeed_ranks(tmp_path: Path, tiny_llama_dir: Path) -> None:
