@@ -190,11 +190,12 @@ def test_every_dashboard_query_and_alert_returns_series(
         )  # fmt: skip
         cp.kubectl("apply", "-n", ns, "-f", "-", input=ftj("blocked"))
 
-        # --- a real trainer run (tiny Llama, LoRA, CPU), long enough to be scraped.
+        # --- a real trainer run (tiny Llama, LoRA, CPU), long enough to be scraped and for the
+        # freeze below to land mid-training on an idle machine (~50 steps/s there).
         train, val = write_completion_data(tmp_path / "data", train_rows=256, val_rows=16)
         config = make_config(
             tmp_path / "trainer", base_uri=str(tiny_llama_dir), train_uri=str(train),
-            val_uri=str(val), output_uri=str(tmp_path / "out"), max_steps=60, every_steps=1000,
+            val_uri=str(val), output_uri=str(tmp_path / "out"), max_steps=1500, every_steps=100000,
             metrics_port=trainer_port,
         )  # fmt: skip
         timings["operator scenario"] = time.time() - start
