@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "data_config",
     "free_port",
     "launch",
     "logged_losses",
@@ -183,3 +184,21 @@ def logged_losses(progress_log: Path) -> dict[int, float]:
                 raise AssertionError(f"step {event['step']} logged twice in {progress_log}")
             out[int(event["step"])] = float(event["loss"])
     return out
+
+
+def data_config(datasets: list[dict[str, Any]], task: str = "causal-lm", **spec: Any) -> Any:
+    """A TrainerConfig for data-stage tests: these datasets, local-path rules, nothing to run."""
+    from finetune_operator.api import FineTuneJobSpec
+    from finetune_trainer.config import JobRef, TrainerConfig
+
+    doc = {
+        "task": task,
+        "baseModel": {"uri": "/models/base"},
+        "datasets": datasets,
+        "output": {"uri": "/out"},
+        **spec,
+    }
+    parsed = FineTuneJobSpec.model_validate(doc, context={"local": True})
+    return TrainerConfig(
+        job=JobRef("job"), run_id="run", spec=parsed, base_model_uri="/models/base"
+    )

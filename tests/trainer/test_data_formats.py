@@ -12,28 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator.api import FineTuneJobSpec
-from finetune_trainer.config import JobRef, TrainerConfig
 from finetune_trainer.data import DataValidationError, mix_counts, prepare_data, split_indices
 from finetune_trainer.formats import DEFAULT_CHAT_TEMPLATE
 from finetune_trainer.tokenization import IGNORE_INDEX
 from transformers import AutoTokenizer
 
-
-def make_config(
-    datasets: list[dict[str, Any]], task: str = "causal-lm", **spec: Any
-) -> TrainerConfig:
-    doc = {
-        "task": task,
-        "baseModel": {"uri": "/models/base"},
-        "datasets": datasets,
-        "output": {"uri": "/out"},
-        **spec,
-    }
-    parsed = FineTuneJobSpec.model_validate(doc, context={"local": True})
-    return TrainerConfig(
-        job=JobRef("job"), run_id="run", spec=parsed, base_model_uri="/models/base"
-    )
+from tests.support.trainer_jobs import data_config as make_config
 
 
 def jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

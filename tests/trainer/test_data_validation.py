@@ -13,26 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator.api import FineTuneJobSpec
-from finetune_trainer.config import JobRef, TrainerConfig
+from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import DataValidationError, validate_data
 from finetune_trainer.formats import check_columns_mapping
 
-
-def make_config(
-    datasets: list[dict[str, Any]], task: str = "causal-lm", **spec: Any
-) -> TrainerConfig:
-    doc = {
-        "task": task,
-        "baseModel": {"uri": "/models/base"},
-        "datasets": datasets,
-        "output": {"uri": "/out"},
-        **spec,
-    }
-    parsed = FineTuneJobSpec.model_validate(doc, context={"local": True})
-    return TrainerConfig(
-        job=JobRef("job"), run_id="run", spec=parsed, base_model_uri="/models/base"
-    )
+from tests.support.trainer_jobs import data_config as make_config
 
 
 def one(
